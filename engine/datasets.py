@@ -1,0 +1,154 @@
+"""Training and validation data from the config, and a sampler that can resume mid-epoch."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, List
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from utils.config import ConfigError
+
+
+class ResumableSampler(Sampler):
+    """DistributedSampler-like: the epoch's permutation comes from (seed, epoch) only, every rank takes
+    its strided share, and `skip` drops the first indices of this rank's share (resuming)."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+        self.size, self.num_replicas, self.rank = size, num_replicas, rank
+        self.seed, self.shuffle, self.epoch, self.skip = seed, shuffle, 0, 0
+        self.per_rank = size // num_replicas      # drop the remainder so ranks stay in step
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> List[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        mine = order[self.rank:self.per_rank * self.num_replicas:self.num_replicas]
+        return mine[self.skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.skip, 0)
+
+
+def _images(root: str, key: str, gray: bool, max_images: int, default):
+    from data.images import list_images
+
+    if not root:
+        images = default(gray=gray)
+        items = list(images.items())
+    else:
+        if not os.path.isdir(root):
+            raise ConfigError(f"{key}: image folder not found: '{root}'")
+        try:
+            items = list_images(root, recursive=True)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    return items[:max_images] if max_images else items
+
+
+def noise_spec(cfg) -> Dict[str, Any]:
+    """Training noise from the published flags (train_options.is_train_*) and train_dataset keys."""
+    d, o = cfg["train_dataset"], cfg["train_options"]
+    sigma_range = [d["sigma_min"], d["sigma_max"]]
+    if sigma_range[0] > sigma_range[1]:
+        raise ConfigError(f"train_dataset.sigma_min ({sigma_range[0]}) is larger than sigma_max ({sigma_range[1]})")
+    if o["is_train_poisson_gaussian"]:
+        return {"type": "poisson_gaussian", "peak": d["poisson_peak"], "sigma": d["sigma_max"]}
+    if o["is_train_impulse"]:
+        return {"type": "impulse", "fraction": d["noise_intensity"]}
+    if not o["is_train_gauss"]:
+        raise ConfigError("train_options: no training noise selected; set is_train_gauss, is_train_poisson_gaussian "
+                          "or is_train_impulse to true (or give train_dataset.degradation)")
+    if d["noise_type"] == "uniform":
+        return {"type": "uniform", "sigma_range": sigma_range}
+    return {"type": "mixture", "components": [
+        {"weight": 6, "noise": {"type": "regions", "layout": "one", "sigma_range": sigma_range}},
+        {"weight": 3, "noise": {"type": "regions", "layout": "four", "sigma_range": sigma_range}}]}
+
+
+def degradation_spec(cfg) -> Dict[str, Any]:
+    d = cfg["train_dataset"]
+    if d["degradation"]:
+        return dict(d["degradation"])
+    if d["kernel_path"] and not os.path.exists(d["kernel_path"]):
+        raise ConfigError(f"train_dataset.kernel_path: kernel file not found: '{d['kernel_path']}'")
+    kernels = {"type": "file", "path": d["kernel_path"], "augment": True} if d["kernel_path"] else {"type": "random"}
+    return {"kernels": kernels, "noise": noise_spec(cfg), "blur": "circular", "quantize_blur": d["quantize_blur"]}
+
+
+def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worker_init_fn=None):
+    from data.datasets import TrainDataset, collate
+    from data.images import default_images
+
+    d = cfg["train_dataset"]
+    gray = d["num_channels"] == 1
+    images = _images(d["root_path"], "train_dataset.root_path", gray, d["max_images"], default_images)
+    try:
+        dataset = TrainDataset(images, d["patch_size"], degradation_spec(cfg), seed=cfg["train_options"]["seed"],
+                               gray=gray, length=d["repeat"] * len(images))
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"train_dataset: {err.args[0] if err.args else err}") from None
+    sampler = ResumableSampler(len(dataset), world, rank, seed=cfg["train_options"]["seed"])
+    loader = DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, num_workers=d["num_workers"],
+                        collate_fn=collate, drop_last=True, worker_init_fn=worker_init_fn,
+                        pin_memory=torch.cuda.is_available() and not cfg["train_options"]["disable_cuda"])
+    return loader, sampler, dataset
+
+
+def build_val_set(cfg):
+    """A list of validation items (one kernel, fixed noise) or None when there are no images."""
+    from data.datasets import TestDataset
+    from data.default_data import default_kernels, default_test_images
+    from data.kernels import load_kernels
+
+    v = cfg["val_dataset"]
+    gray = v["num_channels"] == 1
+    images = _images(v["root_path"], "val_dataset.root_path", gray, v["max_images"], default_test_images)
+    if v["kernel_path"]:
+        if not os.path.exists(v["kernel_path"]):
+            raise ConfigError(f"val_dataset.kernel_path: kernel file not found: '{v['kernel_path']}'")
+        kernels = load_kernels(v["kernel_path"])
+    else:
+        kernels = default_kernels()
+    if v["kernel_index"] >= len(kernels):
+        raise ConfigError(f"val_dataset.kernel_index: {v['kernel_index']} is out of range for "
+                          f"{len(kernels)} kernels in '{v['kernel_path'] or 'the embedded default kernels'}'")
+    if v["patch_size"]:
+        images = [(n, _centre_crop(img, v["patch_size"])) for n, img in _named(images, gray)]
+    noise = ({"type": "sigma_map", "map": v["sigma_map_type"], "range": cfg["test_dataset"]["sigma_map_range"]}
+             if v["sigma_map_type"] else {"type": "uniform", "sigma": v["noise_level"]})
+    protocol = dict(v["protocol"])
+    unknown = set(protocol) - {"noise", "blur", "scale"}
+    if unknown:
+        raise ConfigError(f"val_dataset.protocol: unknown field(s) {sorted(unknown)}; expected noise, blur, scale")
+    try:
+        dataset = TestDataset(images, [kernels[v["kernel_index"]]], protocol.get("noise", noise), seed=0, gray=gray,
+                              blur=protocol.get("blur", "circular"), scale=int(protocol.get("scale", 1)))
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"val_dataset: {err.args[0] if err.args else err}") from None
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def _named(images, gray: bool):
+    from data.images import read_image
+
+    for item in images:
+        if isinstance(item, tuple):
+            yield item
+        else:
+            yield os.path.splitext(os.path.basename(str(item)))[0], read_image(item, gray)
+
+
+def _centre_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[..., top:top + size, left:left + size]

@@ -1,0 +1,205 @@
+"""Evaluation: every configured model on every protocol, one table.
+
+For each protocol (uniform AWGN levels, σ-maps, Poisson–Gaussian, impulse, real photos) the
+degraded images are synthesised once and every model restores the same inputs; outputs are
+clamped to [0, 1] as the published scripts do. Results go to `<result_save_file>/<run_name>/`:
+summary.md / summary.csv / per_image.csv / results.json, PNGs under `<protocol>/kernel<k>/`, and
+side-by-side figures under `<protocol>/figures/`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine import distributed as dist
+from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
+                             maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
+from engine.protocols import Protocol, build_protocols, metric_color
+from engine.reporting import overall_markdown, protocol_markdown, summarize, write_reports
+from utils.config import ConfigError, public
+from utils.io import save_image
+from utils.metrics import evaluate_pair, psnr
+
+DEGRADED = "degraded"
+
+
+@dataclass
+class EvalResult:
+    records: List[Dict[str, Any]] = field(default_factory=list)
+    summary: Dict[str, Any] = field(default_factory=dict)
+    step_curves: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    run_dir: str = ""
+    files: Dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def missing_checkpoint_hint(cfg) -> str:
+    return ("train one with `python deblurring.py --set train_dataset.is_train=true` (see README), or "
+            "evaluate the training-free baselines only: `python deblurring.py --set test_dataset.baselines_only=true`")
+
+
+def model_specs(cfg) -> List[ModelSpec]:
+    """The model of the `model` section (weights: model.pretrained or <model_save_file>/<model_select>.pth)
+    followed by test_dataset.compare_models; duplicates (same label) are dropped."""
+    main = spec_from_model_section(cfg["model"])
+    main.options.pop("grad_checkpointing", None)   # training-only
+    if not main.pretrained:
+        main.pretrained = default_weights_path(cfg["model"])
+    stem = os.path.splitext(os.path.basename(main.pretrained))[0]
+    if stem != main.name and os.path.isfile(main.pretrained):
+        main.label = stem                          # e.g. "compact_nrlgdn" for an NRL_GDN checkpoint
+    specs = [] if cfg["test_dataset"]["baselines_only"] else [main]
+    for i, entry in enumerate(cfg["test_dataset"]["compare_models"]):
+        specs.append(spec_from_compare_entry(entry, i))
+    if not specs:
+        raise ConfigError("test_dataset.compare_models: empty while baselines_only is true; nothing to evaluate")
+    unique, seen = [], set()
+    for spec in specs:
+        if spec.title not in seen:
+            unique.append(spec)
+            seen.add(spec.title)
+    return unique
+
+
+def load_models(cfg, device) -> List[tuple]:
+    return [(spec, build_for_evaluation(spec, device, missing_checkpoint_hint(cfg))) for spec in model_specs(cfg)]
+
+
+def _to_device(batch, device):
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _restore(model, batch, pad: int) -> Dict[str, Any]:
+    """Run a model; with pad > 0 replicate-pad the input, restore, and crop (real photos)."""
+    if pad <= 0:
+        return run_model(model, batch)
+    padded = dict(batch)
+    padded["y"] = F.pad(batch["y"], [pad] * 4, mode="replicate")
+    out = run_model(model, padded)
+    crop = lambda t: t[..., pad:t.shape[-2] - pad, pad:t.shape[-1] - pad]
+    out = dict(out)
+    out["x"] = crop(out["x"])
+    if isinstance(out.get("steps"), (list, tuple)):
+        out["steps"] = [crop(s) for s in out["steps"]]
+    return out
+
+
+def _figure(path, protocol: Protocol, item: dict, restored: dict, scores: dict, primary: str, color: str):
+    from utils.figures import side_by_side
+
+    others = [f"{m} {scores[m]['psnr']:.2f} dB" for m in restored if m != primary and m in scores]
+    title = f"{item['name']} · kernel {item['kernel_label']} · {protocol.name} · {primary}"
+    if others:
+        title += " (" + ", ".join(others) + ")"
+    side_by_side(path, item["y"], restored[primary], gt=item.get("x"), kernel=item.get("k"),
+                 sigma_map=item.get("sigma") if protocol.kind == "sigma_map" else None, title=title,
+                 metrics=scores.get(primary), degraded_metrics=scores.get(DEGRADED), color=color)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(name))
+
+
+def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
+    started = time.time()
+    tcfg = cfg["test_dataset"]
+    device = dist.select_device(cfg["train_options"]["disable_cuda"], cfg["train_options"]["device_ids"])
+    protocols = build_protocols(cfg)
+    models = load_models(cfg, device)
+    for _, model in models:
+        check_channels(model, tcfg["num_channels"], "test_dataset.num_channels")
+    color = metric_color(tcfg)
+    run_name = tcfg["run_name"] or (os.path.basename(os.path.normpath(tcfg["test_data"])) if tcfg["test_data"]
+                                    else "default")
+    run_dir = os.path.join(tcfg["result_save_file"], _safe(run_name))
+    result = EvalResult(run_dir=run_dir)
+    stepping = {spec.title: maybe_record_steps(m, tcfg["record_steps"]) for spec, m in models}
+    primary = models[0][0].title
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"evaluating {', '.join(s.title for s, _ in models)} on {len(protocols)} protocol(s) -> {run_dir}")
+
+    for protocol in protocols:
+        folder = os.path.join(run_dir, _safe(protocol.name))
+        step_sums: Dict[str, List[List[float]]] = {}
+        bar = tqdm(protocol.items(), total=protocol.size, desc=protocol.name, unit="img", dynamic_ncols=True,
+                   disable=not verbose)
+        for item in bar:
+            batch = _to_device({k: (v[None] if torch.is_tensor(v) else v) for k, v in item.items()}, device)
+            restored, scores = {}, {}
+            has_gt = "x" in item
+            if has_gt:
+                scores[DEGRADED] = evaluate_pair(item["y"], item["x"], color=color, border=tcfg["border"],
+                                                 quantize=tcfg["quantize"])
+            for spec, model in models:
+                with torch.no_grad():
+                    out = _restore(model, batch, protocol.pad(item))
+                x = out["x"][0].float().clamp(0, 1).cpu()
+                restored[spec.title] = x
+                if has_gt:
+                    if x.shape != item["x"].shape:
+                        raise ValueError(f"model '{spec.title}' returned {tuple(x.shape)} for a "
+                                         f"{tuple(item['x'].shape)} image ({item['name']})")
+                    scores[spec.title] = evaluate_pair(x, item["x"], color=color, border=tcfg["border"],
+                                                       quantize=tcfg["quantize"])
+                if stepping[spec.title] and has_gt and isinstance(out.get("steps"), (list, tuple)):
+                    curve = [psnr(_luma_or_rgb(s[0].float().clamp(0, 1).cpu(), color),
+                                  _luma_or_rgb(item["x"], color), border=tcfg["border"]) for s in out["steps"]]
+                    step_sums.setdefault(spec.title, []).append(curve)
+            base = f"{_safe(item['name'])}"
+            kdir = os.path.join(folder, f"kernel{item['kernel_label']}")
+            if tcfg["save_images"]:
+                save_image(os.path.join(kdir, f"{base}_degraded.png"), item["y"].clamp(0, 1))
+                for title, x in restored.items():
+                    save_image(os.path.join(kdir, f"{base}_{_safe(title)}.png"), x)
+            if tcfg["save_figures"]:
+                _figure(os.path.join(folder, "figures", f"{base}_kernel{item['kernel_label']}.png"), protocol, item,
+                        restored, scores, primary, color)
+            for title, s in scores.items():
+                result.records.append({"protocol": protocol.name, "model": title, "kernel": str(item["kernel_label"]),
+                                       "image": item["name"], "psnr": s["psnr"], "ssim": s["ssim"]})
+            if has_gt and primary in scores:
+                bar.set_postfix(psnr=f"{scores[primary]['psnr']:.2f}")
+        if step_sums:
+            result.step_curves[protocol.name] = {m: _mean_curve(c) for m, c in step_sums.items()}
+            from utils.figures import plot_psnr_per_step
+            plot_psnr_per_step(os.path.join(folder, "psnr_per_step.png"), result.step_curves[protocol.name],
+                               title=f"PSNR after each step · {protocol.name}")
+        if protocol.kind == "real":
+            say(f"{protocol.name}: restored {protocol.size} photo(s) -> {folder} (no ground truth, no metrics)")
+
+    result.summary = summarize(result.records)
+    result.seconds = time.time() - started
+    notes = [f"models: {', '.join(s.title + (f' ({s.pretrained})' if s.pretrained else '') for s, _ in models)}",
+             f"metrics on {color}, border {tcfg['border']}, outputs clamped to [0, 1]"
+             + (", 8-bit quantised" if tcfg["quantize"] else ""),
+             f"images: {tcfg['test_data'] or 'embedded default images'}; "
+             f"kernels: {tcfg['kernel_path'] or 'embedded default kernels'}",
+             f"wall time {result.seconds:.1f} s on {device}"]
+    if result.records or result.step_curves:
+        result.files = write_reports(run_dir, result.records, f"Evaluation: {run_name}", notes,
+                                     extra={"config": public(cfg), "psnr_per_step": result.step_curves})
+    for name, table in result.summary.items():
+        say(f"\n{name} (PSNR dB / SSIM, {color}):\n{protocol_markdown(table)}")
+    if len(result.summary) > 1:
+        say(f"\noverall:\n{overall_markdown(result.summary)}")
+    say(f"\nresults written to {run_dir} ({result.seconds:.1f} s)")
+    return result
+
+
+def _luma_or_rgb(img: torch.Tensor, color: str) -> torch.Tensor:
+    if color == "rgb" or img.shape[0] == 1:
+        return img
+    from utils.metrics import rgb_to_luma, rgb_to_ycbcr_y
+    return rgb_to_luma(img) if color == "luma" else rgb_to_ycbcr_y(img)
+
+
+def _mean_curve(curves: List[List[float]]) -> List[float]:
+    """Mean PSNR after each step over the images that ran that step (early stopping varies)."""
+    longest = max(len(c) for c in curves)
+    return [sum(c[i] for c in curves if len(c) > i) / sum(1 for c in curves if len(c) > i) for i in range(longest)]

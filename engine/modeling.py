@@ -1,0 +1,161 @@
+"""Models as the engine sees them: built from a config section, fed from a batch, outputs as dicts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from engine.checkpoint import read_checkpoint
+from engine.distributed import unwrap
+from models import build_model, load_pretrained
+from utils.config import ConfigError
+
+
+def as_outputs(out) -> Dict[str, Any]:
+    """Normalise a model's return value: a Tensor becomes {"x": tensor}; dicts must carry "x"."""
+    if torch.is_tensor(out):
+        return {"x": out}
+    if isinstance(out, dict) and "x" in out:
+        return out
+    raise TypeError(f"a model must return a Tensor or a dict with key 'x', got {type(out).__name__}")
+
+
+def input_keys(model: nn.Module):
+    return tuple(getattr(unwrap(model), "input_keys", ("y", "k")))
+
+
+def run_model(model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
+    keys = input_keys(model)
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"model {type(unwrap(model)).__name__} needs batch keys {keys}, missing {missing}")
+    return as_outputs(model(*[batch[k] for k in keys]))
+
+
+def has_parameters(model: nn.Module) -> bool:
+    return any(p.requires_grad for p in model.parameters())
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """Kaiming-normal (fan_in, ReLU) conv weights, zero biases — the published initialisation."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+@dataclass
+class ModelSpec:
+    """What to build: a registered name, its options, optional weights and a table label."""
+    name: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""
+    label: str = ""
+    key: str = "model"          # config key named in error messages
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+def spec_from_model_section(section: Dict[str, Any]) -> ModelSpec:
+    options = dict(section.get("options") or {})
+    if section.get("grad_checkpointing"):
+        options["grad_checkpointing"] = True
+    return ModelSpec(section["model_select"], options, section.get("pretrained", ""), key="model")
+
+
+def spec_from_compare_entry(entry, index: int) -> ModelSpec:
+    key = f"test_dataset.compare_models[{index}]"
+    if isinstance(entry, str):
+        return ModelSpec(entry, key=key)
+    if isinstance(entry, dict) and isinstance(entry.get("model_select"), str):
+        unknown = set(entry) - {"model_select", "options", "pretrained", "label"}
+        if unknown:
+            raise ConfigError(f"{key}: unknown field(s) {sorted(unknown)}; expected model_select, options, "
+                              "pretrained, label")
+        return ModelSpec(entry["model_select"], dict(entry.get("options") or {}), entry.get("pretrained", ""),
+                         entry.get("label", ""), key=key)
+    raise ConfigError(f"{key}: expected a model name or an object with 'model_select', got {entry!r}")
+
+
+def instantiate(spec: ModelSpec) -> nn.Module:
+    """build_model with registry/option errors turned into one-line ConfigErrors."""
+    try:
+        return build_model(spec.name, **spec.options)
+    except KeyError as err:
+        raise ConfigError(f"{spec.key}.model_select: {err.args[0]}") from None
+    except TypeError as err:
+        raise ConfigError(f"{spec.key}.options: {err}") from None
+
+
+def default_weights_path(model_section: Dict[str, Any]) -> str:
+    return os.path.join(model_section["model_save_file"], f"{model_section['model_select']}.pth")
+
+
+def build_for_evaluation(spec: ModelSpec, device: torch.device, missing_hint: str = "") -> nn.Module:
+    """Build a model and load its weights; parameter-free models (baselines) need no weights.
+
+    When `spec.options` is empty and the checkpoint stores the options it was trained with (our
+    training checkpoints do), those options are used.
+    """
+    state = None
+    if spec.pretrained and os.path.isfile(spec.pretrained):
+        state = read_checkpoint(spec.pretrained, key=f"{spec.key}.pretrained")
+        stored = state.get("model_options") if isinstance(state, dict) else None
+        if not spec.options and isinstance(stored, dict) and state.get("model_select") in (None, spec.name):
+            spec.options = {k: v for k, v in stored.items() if k != "grad_checkpointing"}
+    model = instantiate(spec)
+    if not has_parameters(model):
+        spec.pretrained = ""
+        return model.to(device).eval()
+    if state is None:
+        hint = f"; {missing_hint}" if missing_hint else ""
+        if spec.pretrained:
+            raise ConfigError(f"{spec.key}.pretrained: checkpoint not found: '{spec.pretrained}'{hint}")
+        raise ConfigError(f"{spec.key}.pretrained: model '{spec.name}' has trainable weights but no "
+                          f"checkpoint was given{hint}")
+    try:
+        load_pretrained(model, spec.pretrained)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{spec.key}.pretrained: '{spec.pretrained}' does not fit model '{spec.name}' "
+                          f"with options {spec.options}: {first}") from None
+    return model.to(device).eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(model).parameters())
+
+
+def maybe_record_steps(model: nn.Module, enable: bool) -> bool:
+    """Turn on per-step outputs where the model supports them; returns whether it does."""
+    target = unwrap(model)
+    if hasattr(target, "record_steps"):
+        target.record_steps = bool(enable)
+        return True
+    return False
+
+
+def load_initial_weights(model: nn.Module, path: Optional[str]) -> None:
+    if not path:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.init_from: initial weights not found: '{path}'")
+    try:
+        load_pretrained(model, path)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.init_from: '{path}' does not fit the model: {first}") from None
+
+
+def check_channels(model: nn.Module, channels: int, key: str) -> None:
+    """Models that declare `in_nc` must get images with that many channels."""
+    expected = getattr(unwrap(model), "in_nc", None)
+    if isinstance(expected, int) and expected != channels:
+        raise ConfigError(f"{key}: {channels}-channel images, but {type(unwrap(model)).__name__} takes "
+                          f"{expected} channels (set {key} to {expected}, or the model option in_nc)")

@@ -1,0 +1,28 @@
+"""Validation during training: mean PSNR (RGB, outputs clamped) and an image grid for TensorBoard."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from engine.modeling import run_model
+from utils.io import make_grid
+from utils.metrics import psnr
+
+
+@torch.no_grad()
+def validate(model, items: List[dict], device, cfg, grid_images: int = 4) -> Tuple[float, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    scores, tiles = [], []
+    for i, item in enumerate(items):
+        batch = {k: (v[None].to(device) if torch.is_tensor(v) else v) for k, v in item.items()}
+        x = run_model(model, batch)["x"][0].float().clamp(0, 1).cpu()
+        scores.append(psnr(x, item["x"]))
+        if i < grid_images:
+            tiles += [item["y"].clamp(0, 1), x, item["x"]]
+    model.train(was_training)
+    grid = None
+    if tiles and len({tuple(t.shape) for t in tiles}) == 1:
+        grid = make_grid(torch.stack(tiles), nrow=3)
+    return sum(scores) / len(scores), grid

@@ -1,0 +1,104 @@
+"""Loss registry: names map to loss factories ("module:attribute" targets are imported on first use).
+
+`build_loss(name, **opts)` returns a callable `fn(outputs, batch) -> (loss, {name: float})` where
+`outputs` is the model output normalised to a dict (key "x" = restored image) and `batch` the data
+dict (key "x" = ground truth). A model names its loss with the class attribute `default_loss`.
+Families with losses of their own register them here (DSDNet, VIRNet).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Callable, Dict, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+LossResult = Tuple[torch.Tensor, Dict[str, float]]
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+class PixelLoss:
+    """Mean pixel loss between outputs["x"] and batch["x"] (optionally on every step in outputs["steps"])."""
+
+    def __init__(self, kind: str = "l1", weight: float = 1.0, eps: float = 1e-3):
+        if kind not in ("l1", "mse", "charbonnier"):
+            raise ValueError(f"pixel loss kind must be l1, mse or charbonnier, got '{kind}'")
+        self.kind, self.weight, self.eps = kind, float(weight), float(eps)
+
+    def distance(self, x: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        if self.kind == "l1":
+            return F.l1_loss(x, gt)
+        if self.kind == "mse":
+            return F.mse_loss(x, gt)
+        return torch.sqrt((x - gt) ** 2 + self.eps ** 2).mean()
+
+    def __call__(self, outputs: dict, batch: dict) -> LossResult:
+        x, gt = outputs["x"], batch["x"].to(outputs["x"].dtype)
+        loss = self.weight * self.distance(x, gt)
+        return loss, {self.kind: float(loss.detach())}
+
+
+class NRLGDNL1(PixelLoss):
+    """The published NRL-GDN loss: L1(x^T, x_gt) / (2·N), N the batch size.
+
+    N is the *global* batch (the published code divides after DataParallel's gather), so a DDP run
+    with the same global batch takes the same step as a single process.
+    """
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__("l1", weight)
+
+    def __call__(self, outputs: dict, batch: dict) -> LossResult:
+        x = outputs["x"]
+        n = x.shape[0] * _world_size()
+        loss = self.weight * F.l1_loss(x, batch["x"].to(x.dtype)) / (2 * n)
+        return loss, {"nrlgdn_l1": float(loss.detach())}
+
+
+_REGISTRY: Dict[str, Union[str, Callable]] = {
+    "nrlgdn_l1": NRLGDNL1,
+    "l1": lambda **o: PixelLoss("l1", **o),
+    "mse": lambda **o: PixelLoss("mse", **o),
+    "charbonnier": lambda **o: PixelLoss("charbonnier", **o),
+    # losses of other families, imported when first used
+    "dsdnet": "models.dsdnet_loss:DSDNetLoss",
+    "virnet_denoise": "models.virnet_loss:VIRNetDenoiseLoss",
+    "virnet_sisr": "models.virnet_loss:VIRNetSISRLoss",
+}
+
+
+def register_loss(name: str, target: Union[str, Callable]) -> None:
+    """Add a loss: a factory returning `fn(outputs, batch) -> (loss, logs)`, or "module:attr"."""
+    _REGISTRY[name] = target
+
+
+def list_losses():
+    return sorted(_REGISTRY)
+
+
+def resolve_loss(name: str) -> Callable:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise KeyError(f"unknown loss '{name}'{hint}; known losses: {', '.join(list_losses())}")
+    target = _REGISTRY[name]
+    if isinstance(target, str):
+        module_name, attr = target.split(":")
+        target = getattr(importlib.import_module(module_name), attr)
+        _REGISTRY[name] = target
+    return target
+
+
+def build_loss(name: str, **options) -> Callable[[dict, dict], LossResult]:
+    """Build a registered loss; `options` go to its factory (e.g. weight=0.5)."""
+    factory = resolve_loss(name)
+    try:
+        return factory(**options)
+    except TypeError as err:
+        raise TypeError(f"loss '{name}': bad options {sorted(options)}: {err}") from None

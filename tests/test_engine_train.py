@@ -1,0 +1,192 @@
+"""Training engine on tiny data: exact resume after SIGINT and after a finished run, checkpoints,
+validation/best, weights export, losses."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from engine.checkpoint import read_checkpoint
+from engine.train import train
+from models.losses import build_loss
+from utils.config import ConfigError, from_dict
+from utils.io import save_image
+
+TINY_NRLGDN = {"r_channels": [4, 8, 8, 8], "r_blocks": 1, "hd_channels": 4, "num_steps": 2}
+
+
+def make_tiny_data(folder, n_images=4, size=40, seed=0):
+    """Smooth random colour images and a .npy file with two small normalised kernels."""
+    rng = np.random.default_rng(seed)
+    img_dir = os.path.join(folder, "images")
+    for i in range(n_images):
+        base = rng.random((3, size // 8, size // 8))
+        img = torch.nn.functional.interpolate(torch.from_numpy(base)[None].float(), size=(size, size),
+                                              mode="bilinear", align_corners=False)[0]
+        save_image(os.path.join(img_dir, f"img{i}.png"), img)
+    kernels = np.zeros((2, 5, 5))
+    kernels[0, 2, :] = 1.0                                     # horizontal motion
+    kernels[1] = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1])    # binomial blur
+    kernels /= kernels.sum(axis=(1, 2), keepdims=True)
+    kernel_path = os.path.join(folder, "kernels.npy")
+    np.save(kernel_path, kernels)
+    return img_dir, kernel_path
+
+
+def tiny_train_config(folder, img_dir, kernel_path, **train_options):
+    options = {"epochs": 3, "seed": 7, "checkpoint_dir": os.path.join(folder, "ckpt"), "run_name": "tiny",
+               "log_every": 1, "tensorboard": False, "disable_cuda": True}
+    options.update(train_options)
+    return from_dict({
+        "train_dataset": {"root_path": img_dir, "kernel_path": kernel_path, "patch_size": 24, "batch_size": 2,
+                          "num_workers": 0, "is_train": True},
+        "val_dataset": {"root_path": img_dir, "kernel_path": kernel_path, "kernel_index": 1, "max_images": 2},
+        "model": {"model_select": "NRL_GDN", "options": dict(TINY_NRLGDN),
+                  "model_save_file": os.path.join(folder, "weights")},
+        "optimizer": {"lr": 1e-3},
+        "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5},
+        "train_options": options,
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    folder = str(tmp_path_factory.mktemp("train"))
+    img_dir, kernel_path = make_tiny_data(folder)
+    reference = train(tiny_train_config(os.path.join(folder, "ref"), img_dir, kernel_path))
+    return folder, img_dir, kernel_path, reference
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_uninterrupted_run_trains_validates_and_exports(tiny):
+    folder, _, _, ref = tiny
+    assert ref.status == "completed"
+    assert [h["step"] for h in ref.history] == [1, 2, 3, 4, 5, 6]       # 4 images / batch 2 × 3 epochs
+    assert all(np.isfinite(h["loss"]) for h in ref.history)
+    state = read_checkpoint(ref.last_checkpoint)
+    assert state["epoch"] == 3 and state["step"] == 6 and state["batch_in_epoch"] == 0
+    assert state["scheduler"]["last_epoch"] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 ** 3)
+    assert state["config"]["model"]["options"]["hd_channels"] == 4
+    assert os.path.isfile(ref.best_checkpoint)
+    history = [json.loads(line) for line in open(os.path.join(ref.run_dir, "history.jsonl"))]
+    assert sum("psnr_val" in h for h in history) == 3
+    best = max(h["psnr_val"] for h in history if "psnr_val" in h)
+    assert read_checkpoint(ref.best_checkpoint)["best_metric"] == pytest.approx(best)
+    exported = read_checkpoint(ref.exported)
+    assert set(exported["model"]) == set(ref.model.state_dict())
+    assert exported["model_options"]["r_channels"] == [4, 8, 8, 8]
+    assert os.path.getsize(os.path.join(ref.run_dir, "train_log.txt")) > 0
+
+
+def test_sigint_saves_and_resume_continues_exactly(tiny):
+    folder, img_dir, kernel_path, ref = tiny
+    run = os.path.join(folder, "interrupted")
+
+    def interrupt_at_3(step, loss):
+        if step == 3:                       # mid-epoch: epoch 2 has one of its two batches done
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(tiny_train_config(run, img_dir, kernel_path), step_callback=interrupt_at_3)
+    assert first.status == "interrupted"
+    assert [h["step"] for h in first.history] == [1, 2, 3]
+    state = read_checkpoint(first.last_checkpoint)
+    assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (1, 3, 1)
+    # resumed with a DataLoader worker this time: the data must not depend on the worker count
+    cfg = tiny_train_config(run, img_dir, kernel_path, resume=True)
+    cfg["train_dataset"]["num_workers"] = 1
+    second = train(cfg)
+    assert second.status == "completed"
+    losses = [h["loss"] for h in first.history + second.history]
+    assert losses == [h["loss"] for h in ref.history]          # bit-identical continuation
+    for key, value in _weights(ref.model).items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+
+def test_sigterm_also_saves_and_handlers_are_restored(tiny):
+    folder, img_dir, kernel_path, _ = tiny
+    before = signal.getsignal(signal.SIGTERM)
+    result = train(tiny_train_config(os.path.join(folder, "term"), img_dir, kernel_path, epoch_val=0),
+                   step_callback=lambda step, loss: os.kill(os.getpid(), signal.SIGTERM))
+    assert result.status == "interrupted" and len(result.history) == 1
+    assert read_checkpoint(result.last_checkpoint)["batch_in_epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_resume_after_a_finished_shorter_run_matches(tiny):
+    """A run stopped for good after epoch 1 (e.g. killed before its next save) resumes from last.pth."""
+    folder, img_dir, kernel_path, ref = tiny
+    run = os.path.join(folder, "short")
+    train(tiny_train_config(run, img_dir, kernel_path, epochs=1))
+    resumed = train(tiny_train_config(run, img_dir, kernel_path, resume=True))
+    assert [h["step"] for h in resumed.history] == [3, 4, 5, 6]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history[2:]]
+
+
+def test_iteration_budget_and_missing_resume_checkpoint(tiny):
+    folder, img_dir, kernel_path, _ = tiny
+    run = os.path.join(folder, "iters")
+    result = train(tiny_train_config(run, img_dir, kernel_path, total_iters=3, epoch_val=0))
+    assert [h["step"] for h in result.history] == [1, 2, 3]
+    assert read_checkpoint(result.last_checkpoint)["batch_in_epoch"] == 1
+    with pytest.raises(ConfigError, match=r"train_options.resume: no checkpoint to resume at '.*nothing.*last.pth'"):
+        train(tiny_train_config(os.path.join(folder, "nothing"), img_dir, kernel_path, resume=True))
+
+
+def test_parameter_free_model_cannot_be_trained(tiny):
+    folder, img_dir, kernel_path, _ = tiny
+    cfg = tiny_train_config(os.path.join(folder, "wiener"), img_dir, kernel_path)
+    cfg["model"].update(model_select="wiener", options={})
+    with pytest.raises(ConfigError, match="model.model_select: 'wiener' has no trainable parameters"):
+        train(cfg)
+
+
+def test_losses_match_direct_formulas():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    gt = torch.rand(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    outputs, batch = {"x": x}, {"x": gt}
+    diff = (x - gt).numpy()
+    loss, logs = build_loss("nrlgdn_l1")(outputs, batch)
+    assert loss.item() == pytest.approx(np.abs(diff).mean() / (2 * 3), rel=1e-12)   # L1 / (2N)
+    assert logs == {"nrlgdn_l1": pytest.approx(loss.item())}
+    assert build_loss("l1")(outputs, batch)[0].item() == pytest.approx(np.abs(diff).mean(), rel=1e-12)
+    assert build_loss("mse")(outputs, batch)[0].item() == pytest.approx((diff ** 2).mean(), rel=1e-12)
+    eps = 1e-3
+    expected = np.sqrt(diff ** 2 + eps ** 2).mean()
+    assert build_loss("charbonnier", eps=eps)(outputs, batch)[0].item() == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(KeyError, match="unknown loss 'l2'"):
+        build_loss("l2")
+
+
+def test_optimizer_and_schedules_follow_their_formulas():
+    from engine.train import build_optimizer, build_scheduler
+
+    model = torch.nn.Linear(2, 2)
+    cfg = from_dict({"optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.01},
+                     "scheduler": {"name": "cosine", "eta_min": 0.001}})
+    opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.01
+    sched = build_scheduler(cfg, opt, total_units=10)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    expected = [0.001 + (0.1 - 0.001) * (1 + np.cos(np.pi * t / 10)) / 2 for t in range(1, 11)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    cfg = from_dict({"optimizer": {"lr": 0.1}, "scheduler": {"name": "multistep"}, "multi_step_lr": {"milestone": 3}})
+    opt = build_optimizer(cfg, model)
+    sched = build_scheduler(cfg, opt, total_units=10)
+    lrs = []
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.01])
