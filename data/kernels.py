@@ -187,6 +187,24 @@ def isotropic_gaussian(size: int, std: float) -> np.ndarray:
     return anisotropic_gaussian(size, std * std, std * std, 0.0)
 
 
+# VIRNet's SR test kernels (scripts/sisr_virnet_syn.py): std factors of the scale along the two principal
+# axes and the rotation in units of π
+VIRNET_SR_TEST_KERNELS = ((0.4, 0.4, 0.0), (0.6, 0.6, 0.0), (0.8, 0.8, 0.0), (0.4, 0.2, 0.0),
+                          (0.6, 0.3, 0.75), (0.8, 0.4, 0.25), (0.8, 0.4, 0.5))
+
+
+def virnet_sr_test_kernels(scale: float, size: int = 21):
+    """The seven fixed VIRNet SR test kernels for a scale factor: [(kernel, kinfo)], where kernel i has
+    variances ((a_i·scale)², (b_i·scale)²) rotated by θ_i (VIRNET_SR_TEST_KERNELS), centred, not shifted,
+    and kinfo = (Σ00, Σ11, Σ01/√(Σ00Σ11)) as the SR training kernels."""
+    out = []
+    for a, b, turns in VIRNET_SR_TEST_KERNELS:
+        cov = _rotated_cov((a * scale) ** 2, (b * scale) ** 2, turns * math.pi)
+        kinfo = np.array([cov[0, 0], cov[1, 1], cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1])])
+        out.append((gaussian_from_cov(size, cov), kinfo))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # 8-way augmentation (KAIR `augment_img` numbering) for numpy arrays and torch tensors
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -75,17 +75,26 @@ def noise_spec(cfg) -> Dict[str, Any]:
         {"weight": 3, "noise": {"type": "regions", "layout": "four", "sigma_range": sigma_range}}]}
 
 
-def degradation_spec(cfg) -> Dict[str, Any]:
+def degradation_spec(cfg, scale: Optional[int] = None) -> Dict[str, Any]:
+    """The training degradation for train_dataset.task; `scale` is the model's SR factor, if any."""
+    from engine.tasks import complete_spec, sisr_default_spec
+
     d = cfg["train_dataset"]
+    task = d["task"]
     if d["degradation"]:
-        return dict(d["degradation"])
+        return complete_spec(task, d["degradation"], "train_dataset.degradation", scale)
+    if task == "denoise":
+        return {"noise": noise_spec(cfg), "blur": None}
+    if task == "sisr":
+        return sisr_default_spec(cfg, scale)
     if d["kernel_path"] and not os.path.exists(d["kernel_path"]):
         raise ConfigError(f"train_dataset.kernel_path: kernel file not found: '{d['kernel_path']}'")
     kernels = {"type": "file", "path": d["kernel_path"], "augment": True} if d["kernel_path"] else {"type": "random"}
     return {"kernels": kernels, "noise": noise_spec(cfg), "blur": "circular", "quantize_blur": d["quantize_blur"]}
 
 
-def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worker_init_fn=None):
+def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worker_init_fn=None,
+                       scale: Optional[int] = None):
     from data.datasets import TrainDataset, collate
     from data.images import default_images
 
@@ -93,8 +102,10 @@ def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worke
     gray = d["num_channels"] == 1
     images = _images(d["root_path"], "train_dataset.root_path", gray, d["max_images"], default_images)
     try:
-        dataset = TrainDataset(images, d["patch_size"], degradation_spec(cfg), seed=cfg["train_options"]["seed"],
+        dataset = TrainDataset(images, d["patch_size"], degradation_spec(cfg, scale), seed=cfg["train_options"]["seed"],
                                gray=gray, length=d["repeat"] * len(images))
+    except ConfigError:
+        raise
     except (KeyError, ValueError) as err:
         raise ConfigError(f"train_dataset: {err.args[0] if err.args else err}") from None
     sampler = ResumableSampler(len(dataset), world, rank, seed=cfg["train_options"]["seed"])
@@ -104,15 +115,19 @@ def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worke
     return loader, sampler, dataset
 
 
-def build_val_set(cfg):
-    """A list of validation items (one kernel, fixed noise) or None when there are no images."""
+def build_val_set(cfg, scale: Optional[int] = None):
+    """A list of validation items (one kernel, fixed noise); `scale` is the model's SR factor, if any."""
     from data.datasets import TestDataset
     from data.default_data import default_kernels, default_test_images
     from data.kernels import load_kernels
+    from engine.tasks import task_of
 
     v = cfg["val_dataset"]
     gray = v["num_channels"] == 1
     images = _images(v["root_path"], "val_dataset.root_path", gray, v["max_images"], default_test_images)
+    task = task_of(cfg, "val_dataset")
+    if task != "deblur" or v["degradation"]:
+        return _degraded_items(cfg, task, images, gray, scale)
     if v["kernel_path"]:
         if not os.path.exists(v["kernel_path"]):
             raise ConfigError(f"val_dataset.kernel_path: kernel file not found: '{v['kernel_path']}'")
@@ -136,6 +151,26 @@ def build_val_set(cfg):
     except (KeyError, ValueError) as err:
         raise ConfigError(f"val_dataset: {err.args[0] if err.args else err}") from None
     return [dataset[i] for i in range(len(dataset))]
+
+
+def _degraded_items(cfg, task: str, images, gray: bool, scale: Optional[int]) -> List[dict]:
+    """Validation items of a degradation spec: image i is degraded with default_rng([0, i])."""
+    import numpy as np
+    from engine.tasks import val_degradation
+
+    v = cfg["val_dataset"]
+    degradation = val_degradation(cfg, task, scale)
+    items = []
+    for i, (name, img) in enumerate(_named(images, gray)):
+        if v["patch_size"]:
+            img = _centre_crop(img, v["patch_size"])
+        try:
+            item = degradation(img.clone(), np.random.default_rng([0, i]))
+        except ValueError as err:
+            raise ConfigError(f"val_dataset ({name}): {err}") from None
+        item["name"] = name
+        items.append(item)
+    return items
 
 
 def _named(images, gray: bool):

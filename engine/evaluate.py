@@ -1,10 +1,11 @@
 """Evaluation: every configured model on every protocol, one table.
 
-For each protocol (uniform AWGN levels, σ-maps, Poisson–Gaussian, impulse, real photos) the
-degraded images are synthesised once and every model restores the same inputs; outputs are
-clamped to [0, 1] as the published scripts do. Results go to `<result_save_file>/<run_name>/`:
-summary.md / summary.csv / per_image.csv / results.json, PNGs under `<protocol>/kernel<k>/`, and
-side-by-side figures under `<protocol>/figures/`.
+For each protocol (uniform AWGN levels, σ-maps, Poisson–Gaussian, impulse, real photos, real noisy
+blocks) the degraded images are synthesised once and every model restores the same inputs; outputs
+are clamped to [0, 1] as the published scripts do. Results go to `<result_save_file>/<run_name>/`:
+summary.md / summary.csv / per_image.csv / results.json, PNGs under `<protocol>/kernel<k>/` (with
+`save_sigma_map`, each model's estimated σ-map beside its result), and side-by-side figures under
+`<protocol>/figures/`. For super-resolution the input column is the bicubic-upsampled input.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from engine import distributed as dist
 from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
                              maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
 from engine.protocols import Protocol, build_protocols, metric_color
+from engine.tasks import check_model_for_task, task_of
 from engine.reporting import overall_markdown, protocol_markdown, summarize, write_reports
 from utils.config import ConfigError, public
 from utils.io import save_image
 from utils.metrics import evaluate_pair, psnr
 
 DEGRADED = "degraded"
+BICUBIC = "bicubic"     # the input column of super-resolution: MATLAB-bicubic upsampled input
 
 
 @dataclass
@@ -90,16 +93,53 @@ def _restore(model, batch, pad: int) -> Dict[str, Any]:
     return out
 
 
-def _figure(path, protocol: Protocol, item: dict, restored: dict, scores: dict, primary: str, color: str):
+def _upsampled(y: torch.Tensor, size) -> torch.Tensor:
+    """A super-resolution input at the output size (MATLAB bicubic), else y itself."""
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    from utils.imresize import imresize
+    return imresize(y.float(), output_shape=tuple(size))
+
+
+def _plane(sigma: torch.Tensor, size) -> torch.Tensor:
+    """A σ-map as one H×W plane (channel mean) at `size` (nearest: an LR map shown at HR size)."""
+    plane = sigma.float().reshape(-1, *sigma.shape[-2:]).mean(0)
+    if tuple(plane.shape) != tuple(size):
+        plane = F.interpolate(plane[None, None], size=tuple(size), mode="nearest")[0, 0]
+    return plane
+
+
+def sigma_inset(true_sigma, estimated) -> torch.Tensor:
+    """The figure's σ inset: true | estimated side by side (separated by a column at the maximum), or
+    whichever of the two exists."""
+    maps = [m for m in (true_sigma, estimated) if m is not None]
+    if len(maps) < 2:
+        return maps[0] if maps else None
+    size = estimated.shape[-2:]
+    left, right = _plane(true_sigma, size), _plane(estimated, size)
+    gap = torch.full((left.shape[0], max(1, left.shape[1] // 32)), float(max(left.max(), right.max())))
+    return torch.cat([left, gap, right], dim=1)
+
+
+def _figure(path, protocol: Protocol, item: dict, restored: dict, scores: dict, primary: str, color: str,
+            sigma_estimate=None, input_label: str = DEGRADED):
     from utils.figures import side_by_side
 
     others = [f"{m} {scores[m]['psnr']:.2f} dB" for m in restored if m != primary and m in scores]
     title = f"{item['name']} · kernel {item['kernel_label']} · {protocol.name} · {primary}"
     if others:
         title += " (" + ", ".join(others) + ")"
-    side_by_side(path, item["y"], restored[primary], gt=item.get("x"), kernel=item.get("k"),
-                 sigma_map=item.get("sigma") if protocol.kind == "sigma_map" else None, title=title,
-                 metrics=scores.get(primary), degraded_metrics=scores.get(DEGRADED), color=color)
+    if sigma_estimate is not None:
+        title += " · σ inset: true | estimated" if item.get("sigma") is not None else " · σ inset: estimated"
+        sigma = sigma_inset(item.get("sigma"), sigma_estimate)
+    else:
+        sigma = item.get("sigma") if protocol.kind == "sigma_map" else None
+    degraded = _upsampled(item["y"], restored[primary].shape[-2:])
+    kernel = item.get("k")
+    if kernel is not None and kernel.numel() == 1:
+        kernel = None                                   # denoising: the identity kernel says nothing
+    side_by_side(path, degraded, restored[primary], gt=item.get("x"), kernel=kernel, sigma_map=sigma,
+                 title=title, metrics=scores.get(primary), degraded_metrics=scores.get(input_label), color=color)
 
 
 def _safe(name: str) -> str:
@@ -112,8 +152,11 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     device = dist.select_device(cfg["train_options"]["disable_cuda"], cfg["train_options"]["device_ids"])
     protocols = build_protocols(cfg)
     models = load_models(cfg, device)
+    task = task_of(cfg, "test_dataset")
     for _, model in models:
         check_channels(model, tcfg["num_channels"], "test_dataset.num_channels")
+        check_model_for_task(model, task, tcfg["scale"], "test_dataset.scale")
+    input_label = BICUBIC if task == "sisr" else DEGRADED
     color = metric_color(tcfg)
     run_name = tcfg["run_name"] or (os.path.basename(os.path.normpath(tcfg["test_data"])) if tcfg["test_data"]
                                     else "default")
@@ -131,16 +174,18 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                    disable=not verbose)
         for item in bar:
             batch = _to_device({k: (v[None] if torch.is_tensor(v) else v) for k, v in item.items()}, device)
-            restored, scores = {}, {}
+            restored, scores, sigmas = {}, {}, {}
             has_gt = "x" in item
             if has_gt:
-                scores[DEGRADED] = evaluate_pair(item["y"], item["x"], color=color, border=tcfg["border"],
-                                                 quantize=tcfg["quantize"])
+                scores[input_label] = evaluate_pair(_upsampled(item["y"], item["x"].shape[-2:]), item["x"],
+                                                    color=color, border=tcfg["border"], quantize=tcfg["quantize"])
             for spec, model in models:
                 with torch.no_grad():
                     out = _restore(model, batch, protocol.pad(item))
                 x = out["x"][0].float().clamp(0, 1).cpu()
                 restored[spec.title] = x
+                if tcfg["save_sigma_map"] and torch.is_tensor(out.get("sigma_map")):
+                    sigmas[spec.title] = out["sigma_map"][0].float().cpu()
                 if has_gt:
                     if x.shape != item["x"].shape:
                         raise ValueError(f"model '{spec.title}' returned {tuple(x.shape)} for a "
@@ -157,9 +202,11 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                 save_image(os.path.join(kdir, f"{base}_degraded.png"), item["y"].clamp(0, 1))
                 for title, x in restored.items():
                     save_image(os.path.join(kdir, f"{base}_{_safe(title)}.png"), x)
+            for title, sigma in sigmas.items():     # σ on [0, 1] -> 8-bit pixel value = σ on the 0–255 scale
+                save_image(os.path.join(kdir, f"{base}_{_safe(title)}_sigma.png"), _as_image(sigma))
             if tcfg["save_figures"]:
                 _figure(os.path.join(folder, "figures", f"{base}_kernel{item['kernel_label']}.png"), protocol, item,
-                        restored, scores, primary, color)
+                        restored, scores, primary, color, sigmas.get(primary), input_label)
             for title, s in scores.items():
                 result.records.append({"protocol": protocol.name, "model": title, "kernel": str(item["kernel_label"]),
                                        "image": item["name"], "psnr": s["psnr"], "ssim": s["ssim"]})
@@ -176,10 +223,10 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     result.summary = summarize(result.records)
     result.seconds = time.time() - started
     notes = [f"models: {', '.join(s.title + (f' ({s.pretrained})' if s.pretrained else '') for s, _ in models)}",
+             f"task {task}" + (f" ×{tcfg['scale']} (`{BICUBIC}`: bicubic-upsampled input)" if task == "sisr" else ""),
              f"metrics on {color}, border {tcfg['border']}, outputs clamped to [0, 1]"
              + (", 8-bit quantised" if tcfg["quantize"] else ""),
-             f"images: {tcfg['test_data'] or 'embedded default images'}; "
-             f"kernels: {tcfg['kernel_path'] or 'embedded default kernels'}",
+             _data_note(tcfg, task, protocols),
              f"wall time {result.seconds:.1f} s on {device}"]
     if result.records or result.step_curves:
         result.files = write_reports(run_dir, result.records, f"Evaluation: {run_name}", notes,
@@ -190,6 +237,27 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
         say(f"\noverall:\n{overall_markdown(result.summary)}")
     say(f"\nresults written to {run_dir} ({result.seconds:.1f} s)")
     return result
+
+
+def _data_note(tcfg, task: str, protocols) -> str:
+    if protocols and protocols[0].kind == "real_noise":
+        return f"real noise: {tcfg['noisy_mat']} / {tcfg['clean_mat']}"
+    images = tcfg["test_data"] or "embedded default images"
+    if protocols and protocols[0].kind == "real":
+        return f"real photos: {images}; kernels: {tcfg['kernel_path']}"
+    if task == "denoise":
+        return f"images: {images}; no blur"
+    default = "VIRNet's SR test kernels" if task == "sisr" else "embedded default kernels"
+    return f"images: {images}; kernels: {tcfg['kernel_path'] or default}, {tcfg['blur']} boundary"
+
+
+def _as_image(sigma: torch.Tensor) -> torch.Tensor:
+    """A C×H×W σ-map (C = 1 or 3; per-image constants broadcast) clamped to [0, 1] for an 8-bit PNG."""
+    if sigma.dim() == 2:
+        sigma = sigma[None]
+    if sigma.shape[0] not in (1, 3):
+        sigma = sigma.mean(0, keepdim=True)
+    return sigma.clamp(0, 1)
 
 
 def _luma_or_rgb(img: torch.Tensor, color: str) -> torch.Tensor:

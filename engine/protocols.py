@@ -4,6 +4,10 @@ Published selection (configs/test_*.json): is_test_real -> real photos only; oth
 flag runs — is_test_gauss (each test_noise_level), is_test_nonuniform (each sigma_map_type),
 is_test_poisson_gaussian, is_test_impulse (each test_noise_intensity). The published script ran the
 first enabled one; ours runs them all into one table.
+
+The task (test_dataset.task, else train_dataset.task) shapes every protocol: `deblur` blurs with
+test_dataset.blur, `denoise` does not blur (is_test_real: real noisy/clean .mat blocks), `sisr` blurs,
+downsamples by test_dataset.scale and, without a kernel_path, uses VIRNet's seven SR test kernels.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from utils.config import ConfigError
 @dataclass
 class Protocol:
     name: str
-    kind: str                                   # uniform | sigma_map | poisson_gaussian | impulse | custom | real
+    kind: str                     # uniform | sigma_map | poisson_gaussian | impulse | custom | real | real_noise
     noise: Any = None                           # data.noise.build_noise spec
     blur: Optional[str] = "circular"
     scale: int = 1
@@ -41,6 +45,8 @@ class Protocol:
             item = dict(self.dataset[i])
             if self.kind == "real":
                 item["kernel_label"] = "_real"
+            elif self.kind == "real_noise":
+                item["kernel_label"] = "0"
             else:
                 item["kernel_label"] = str(item.get("kernel_index", 0))
                 item["name"] = self.image_names[item["image_index"]]
@@ -61,15 +67,35 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
-def protocol_list(tcfg: Dict[str, Any]) -> List[Protocol]:
+def protocol_list(tcfg: Dict[str, Any], task: str = "deblur") -> List[Protocol]:
     """The protocols to run, without data (cheap; used for validation and docs)."""
     if tcfg["is_test_jpeg_compression"]:
         raise ConfigError("test_dataset.is_test_jpeg_compression: the JPEG protocol is not supported "
                           "(the published code has none either); set it to false")
+    if task == "sisr" and tcfg["scale"] < 2:
+        raise ConfigError(f"test_dataset.scale: task 'sisr' needs a scale >= 2, got {tcfg['scale']}")
+    if task != "sisr" and tcfg["scale"] != 1:
+        raise ConfigError(f"test_dataset.scale: {tcfg['scale']} needs task 'sisr' (the task is '{task}')")
     if tcfg["is_test_real"]:
+        if task == "denoise":
+            return [Protocol("real_noise", "real_noise", blur=None)]
+        if task == "sisr":
+            raise ConfigError("test_dataset.is_test_real: there is no real-photo protocol for task 'sisr'; "
+                              "set it to false")
         return [Protocol("real", "real", blur=None)]
     if tcfg["protocols"]:
-        return [_custom(entry, i) for i, entry in enumerate(tcfg["protocols"])]
+        return [_custom(entry, i, task, tcfg["scale"]) for i, entry in enumerate(tcfg["protocols"])]
+    out = _flag_protocols(tcfg)
+    blur = None if task == "denoise" else tcfg["blur"]
+    for p in out:
+        p.blur = blur
+        if task == "sisr":
+            p.scale = tcfg["scale"]
+            p.name = f"x{p.scale}_{p.name}"
+    return out
+
+
+def _flag_protocols(tcfg: Dict[str, Any]) -> List[Protocol]:
     out = []
     if tcfg["is_test_gauss"]:
         for level in _as_list(tcfg["test_noise_level"]):
@@ -79,7 +105,8 @@ def protocol_list(tcfg: Dict[str, Any]) -> List[Protocol]:
         for kind in _as_list(tcfg["sigma_map_type"]):
             kind = kind.replace("-", "_")
             out.append(Protocol(f"sigma_map_{kind}_{_num(lo)}-{_num(hi)}", "sigma_map",
-                                {"type": "sigma_map", "map": kind, "range": [lo, hi]}))
+                                {"type": "sigma_map", "map": kind, "range": [lo, hi],
+                                 "interpolation": tcfg["sigma_map_interpolation"]}))
     if tcfg["is_test_poisson_gaussian"]:
         for level in _as_list(tcfg["test_noise_level"]):
             out.append(Protocol(f"poisson_gaussian_peak{_num(tcfg['poisson_peak'])}_{_num(level)}", "poisson_gaussian",
@@ -101,15 +128,18 @@ def _range(value) -> tuple:
     return float(value[0]), float(value[1])
 
 
-def _custom(entry, i: int) -> Protocol:
+def _custom(entry, i: int, task: str = "deblur", scale: int = 1) -> Protocol:
     key = f"test_dataset.protocols[{i}]"
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"{key}: expected an object with 'name', 'noise' and optional 'blur', 'scale'")
     unknown = set(entry) - {"name", "noise", "blur", "scale"}
     if unknown:
         raise ConfigError(f"{key}: unknown field(s) {sorted(unknown)}; expected name, noise, blur, scale")
-    return Protocol(str(entry["name"]), "custom", entry.get("noise"), entry.get("blur", "circular"),
-                    int(entry.get("scale", 1)))
+    default_blur = {"denoise": None, "sisr": "symmetric"}.get(task, "circular")
+    blur = entry.get("blur", default_blur)
+    if task == "denoise" and blur is not None:
+        raise ConfigError(f"{key}.blur: task 'denoise' has no blur; set it to null or leave it out")
+    return Protocol(str(entry["name"]), "custom", entry.get("noise"), blur, int(entry.get("scale", scale)))
 
 
 def _test_images(tcfg, gray: bool):
@@ -132,12 +162,14 @@ def _test_images(tcfg, gray: bool):
     return items
 
 
-def _test_kernels(tcfg):
+def _test_kernels(tcfg, task: str = "deblur"):
     from data.default_data import default_kernels
-    from data.kernels import load_kernels
+    from data.kernels import load_kernels, virnet_sr_test_kernels
 
     path = tcfg["kernel_path"]
-    if not path:
+    if not path and task == "sisr":
+        kernels = [k for k, _ in virnet_sr_test_kernels(tcfg["scale"])]
+    elif not path:
         kernels = default_kernels()
     else:
         if not os.path.exists(path):
@@ -171,10 +203,17 @@ class _Selected:
 def build_protocols(cfg) -> List[Protocol]:
     """Protocols with their datasets (images × kernels, noise seeded per image/kernel)."""
     from data.datasets import RealDataset, TestDataset
+    from engine.tasks import task_of
 
     tcfg = cfg["test_dataset"]
-    protocols = protocol_list(tcfg)
+    task = task_of(cfg, "test_dataset")
+    protocols = protocol_list(tcfg, task)
     gray = tcfg["num_channels"] == 1
+    if protocols[0].kind == "real_noise":
+        from engine.noisy_blocks import MatBlocks
+
+        protocols[0].dataset = MatBlocks.from_config(tcfg, gray)
+        return protocols
     if protocols[0].kind == "real":
         folder = os.path.join(tcfg["root_path"], tcfg["test_data"])
         if not tcfg["test_data"] or not os.path.isdir(folder):
@@ -190,10 +229,11 @@ def build_protocols(cfg) -> List[Protocol]:
         protocols[0].dataset = dataset
         return protocols
     images = _test_images(tcfg, gray)
-    kernels, indices = _test_kernels(tcfg)
+    kernels, indices = _test_kernels(tcfg, task) if task != "denoise" else (None, [0])
     for p in protocols:
         try:
-            ds = TestDataset(images, kernels, p.noise, seed=tcfg["seed"], gray=gray, blur=p.blur, scale=p.scale)
+            ds = TestDataset(images, kernels, p.noise, seed=tcfg["seed"], gray=gray, blur=p.blur, scale=p.scale,
+                             clip=tcfg["clip_noisy"])
         except (KeyError, ValueError) as err:
             raise ConfigError(f"test_dataset ({p.name}): {err.args[0] if err.args else err}") from None
         p.dataset = _Selected(ds, indices)

@@ -6,6 +6,8 @@ epoch, so a resumed run sees the same batches, weights and optimizer state as an
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import signal
 import threading
@@ -20,6 +22,7 @@ from engine.checkpoint import export_weights, load_training_state, read_checkpoi
 from engine.datasets import build_train_loader, build_val_set
 from engine.modeling import (check_channels, has_parameters, instantiate, kaiming_init, load_initial_weights, run_model,
                              spec_from_model_section, count_parameters)
+from engine.tasks import check_model_for_task, model_scale
 from engine.tracking import RunLogger
 from engine.validate import validate
 from models.losses import build_loss
@@ -83,8 +86,31 @@ def build_optimizer(cfg, model):
     return (torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam)(params, **kwargs)
 
 
+def warmup_cosine_factor(unit: int, base_lr: float, warmup: int, total: int, eta_min: float) -> float:
+    """lr(unit)/base_lr of a linear warm-up over `warmup` units, then cosine to eta_min at `total`:
+    lr·(u+1)/W for u < W, else eta_min + ½(lr − eta_min)(1 + cos(π(u − W)/(total − W)))."""
+    if unit < warmup:
+        return (unit + 1) / warmup
+    span = max(total - warmup, 1)
+    progress = min(unit - warmup, span) / span
+    return (eta_min + 0.5 * (base_lr - eta_min) * (1 + math.cos(math.pi * progress))) / base_lr
+
+
 def build_scheduler(cfg, optimizer, total_units: int):
     s = cfg["scheduler"]
+    if s["warmup_epochs"] and s["name"] != "cosine":
+        raise ConfigError(f"scheduler.warmup_epochs: warm-up is implemented for the cosine schedule only "
+                          f"(scheduler.name is '{s['name']}')")
+    if s["warmup_epochs"] >= max(total_units, 1):
+        raise ConfigError(f"scheduler.warmup_epochs: {s['warmup_epochs']} leaves no cosine phase in a run of "
+                          f"{total_units} scheduler steps")
+    if s["name"] == "cosine" and s["warmup_epochs"]:
+        base_lr = cfg["optimizer"]["lr"]
+        if base_lr <= 0:
+            raise ConfigError("scheduler.warmup_epochs: needs optimizer.lr > 0")
+        factor = functools.partial(warmup_cosine_factor, base_lr=base_lr, warmup=s["warmup_epochs"],
+                                   total=total_units, eta_min=s["eta_min"])
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if s["name"] == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["step_size"], gamma=s["gamma"])
     if s["name"] == "cosine":
@@ -151,6 +177,9 @@ def _train(cfg, device, step_callback) -> TrainResult:
         raise ConfigError(f"model.model_select: '{spec.name}' has no trainable parameters; nothing to train "
                           "(set train_dataset.is_train=false to evaluate it)")
     check_channels(model, cfg["train_dataset"]["num_channels"], "train_dataset.num_channels")
+    scale = model_scale(model)
+    if scale is not None and scale > 1 and cfg["train_dataset"]["task"] != "sisr":
+        check_model_for_task(model, cfg["train_dataset"]["task"], 1, "train_dataset.task")
     if cfg["model"]["init"] == "kaiming":
         kaiming_init(model)
     load_initial_weights(model, cfg["model"]["init_from"])
@@ -168,7 +197,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
     if global_batch % world:
         raise ConfigError(f"train_dataset.batch_size: {global_batch} is not divisible by the {world} processes")
     loader, sampler, dataset = build_train_loader(cfg, global_batch // world, dist.rank(), world,
-                                                  worker_init_fn=_worker_ignore_signals)
+                                                  worker_init_fn=_worker_ignore_signals, scale=scale)
     steps_per_epoch = len(loader)
     if opts["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, opts["max_steps_per_epoch"])
@@ -198,7 +227,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
     log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
              f"processes {world}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
-    val_set = build_val_set(cfg) if (opts["epoch_val"] and dist.is_main()) else None
+    val_set = build_val_set(cfg, scale) if (opts["epoch_val"] and dist.is_main()) else None
     wrapped = dist.wrap_model(model, device, dist.usable_device_ids(device, opts["device_ids"]))
     clip_own = hasattr(model, "clip_gradients")
     result = TrainResult(status="completed", run_dir=run_dir, model=model)

@@ -1,4 +1,5 @@
-"""Validation during training: mean PSNR (RGB, outputs clamped) and an image grid for TensorBoard."""
+"""Validation during training: mean PSNR (RGB, outputs clamped) and an image grid for TensorBoard
+(super-resolution inputs are shown bicubic-upsampled)."""
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -20,9 +21,17 @@ def validate(model, items: List[dict], device, cfg, grid_images: int = 4) -> Tup
         x = run_model(model, batch)["x"][0].float().clamp(0, 1).cpu()
         scores.append(psnr(x, item["x"]))
         if i < grid_images:
-            tiles += [item["y"].clamp(0, 1), x, item["x"]]
+            tiles += [_at_size(item["y"], x.shape[-2:]).clamp(0, 1), x, item["x"]]
     model.train(was_training)
     grid = None
     if tiles and len({tuple(t.shape) for t in tiles}) == 1:
         grid = make_grid(torch.stack(tiles), nrow=3)
     return sum(scores) / len(scores), grid
+
+
+def _at_size(y: torch.Tensor, size) -> torch.Tensor:
+    """The degraded input at the output size (super-resolution: MATLAB bicubic upsampling)."""
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    from utils.imresize import imresize
+    return imresize(y.float(), output_shape=tuple(size))

@@ -111,6 +111,35 @@ def test_shipped_configs_load(name):
     assert cfg["model"]["model_select"]
 
 
+@pytest.mark.parametrize("task", ["denoise", "sisr"])
+def test_virnet_configs_load_with_their_tasks(task):
+    train = os.path.join(ROOT, "configs", f"virnet_{task}_train.json")
+    tiny = os.path.join(ROOT, "configs", f"virnet_{task}_tiny.json")
+    test = os.path.join(ROOT, "configs", f"virnet_{task}_test.json")
+    for train_config in (train, tiny):
+        cfg = load_config(train_config, test)
+        assert cfg["train_dataset"]["task"] == cfg["test_dataset"]["task"] == task
+        assert cfg["model"]["model_select"].startswith("VIRNet_")
+    full = load_config(train, test)
+    if task == "denoise":   # published: 120 epochs, 5 warm-up, cosine to 1e-6; unclipped noisy tests
+        assert (full["train_options"]["epochs"], full["scheduler"]["warmup_epochs"]) == (120, 5)
+        assert full["scheduler"]["eta_min"] == 1e-6 and full["test_dataset"]["clip_noisy"] is False
+    else:                   # published ×2: no warm-up; Y metrics with border scale² on uint8
+        t = full["test_dataset"]
+        assert full["scheduler"]["warmup_epochs"] == 0 and t["clip_noisy"] is True
+        assert (t["metric_color"], t["border"], t["quantize"]) == ("ycbcr_y", t["scale"] ** 2, True)
+
+
+def test_task_keys_take_only_known_tasks():
+    with pytest.raises(ConfigError, match="train_dataset.task in --set: 'deblurring' is not one of deblur, "
+                                          "denoise, sisr \\(did you mean 'deblur'\\?\\)"):
+        load_config(None, None, ["train_dataset.task=deblurring"])
+    cfg = load_config(None, None, ["test_dataset.blur=symmetric", "scheduler.warmup_epochs=3"])
+    assert cfg["val_dataset"]["task"] == cfg["test_dataset"]["task"] == ""     # follow train_dataset.task
+    with pytest.raises(ConfigError, match="test_dataset.blur in --set: 'mirror' is not one of"):
+        load_config(None, None, ["test_dataset.blur=mirror"])
+
+
 def test_published_config_files_load_unchanged(tmp_path):
     """The published traincolor.json / test_simulated.json key sets are all accepted."""
     published_train = {

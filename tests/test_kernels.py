@@ -126,6 +126,29 @@ def test_sr_gaussian_kinfo_matches_kernel_moments():
     assert checked >= 3
 
 
+def test_virnet_sr_test_kernels_are_the_published_seven():
+    """Re-derived as scripts/sisr_virnet_syn.py builds them: Σ = U diag(λ1, λ2) Uᵀ, 'xy' meshgrid, softmax."""
+    scale = 3
+    kernels = K.virnet_sr_test_kernels(scale)
+    assert len(kernels) == 7
+    published = [((0.4 * scale) ** 2, (0.4 * scale) ** 2, 0), ((0.6 * scale) ** 2, (0.6 * scale) ** 2, 0),
+                 ((0.8 * scale) ** 2, (0.8 * scale) ** 2, 0), ((0.4 * scale) ** 2, (0.2 * scale) ** 2, 0),
+                 ((0.6 * scale) ** 2, (0.3 * scale) ** 2, 0.75 * np.pi),
+                 ((0.8 * scale) ** 2, (0.4 * scale) ** 2, 0.25 * np.pi),
+                 ((0.8 * scale) ** 2, (0.4 * scale) ** 2, 0.50 * np.pi)]
+    xs, ys = np.meshgrid(range(21), range(21))
+    for (k, kinfo), (l1, l2, theta) in zip(kernels, published):
+        u = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        sigma = u @ np.diag([l1, l2]) @ u.T
+        d = np.stack([xs - 10, ys - 10], -1).reshape(-1, 2)
+        logits = -0.5 * np.einsum("pi,ij,pj->p", d, np.linalg.inv(sigma), d)
+        expected = np.exp(logits - logits.max())
+        np.testing.assert_allclose(k, (expected / expected.sum()).reshape(21, 21), atol=1e-12)
+        np.testing.assert_allclose(kinfo, [sigma[0, 0], sigma[1, 1], sigma[0, 1] / np.sqrt(sigma[0, 0] * sigma[1, 1])],
+                                   atol=1e-12)
+    np.testing.assert_allclose(kernels[6][1], [(0.4 * scale) ** 2, (0.8 * scale) ** 2, 0], atol=1e-12)  # θ = π/2 swaps
+
+
 # ---------------------------------------------------------------- augmentation and samplers
 
 def test_dihedral_modes_follow_kair_numbering_for_numpy_and_torch():

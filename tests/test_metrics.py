@@ -64,6 +64,29 @@ def test_ssim_matches_skimage_gaussian_window(channels, border):
         assert ssim(x, gt, border=border) == pytest.approx(ref_c, abs=1e-10)
 
 
+def test_separable_ssim_equals_the_full_11x11_window_to_1e_12():
+    """The two 1-D passes give the 2-D Gaussian-window SSIM (direct float64 re-derivation with
+    scipy's 2-D correlation and the MATLAB formula) on a non-square image with large contrasts."""
+    from scipy import ndimage
+
+    x, gt = _pair(c=3, h=61, w=47, noise=0.3, seed=11)
+    r = np.arange(11) - 5.0
+    g = np.exp(-r ** 2 / (2 * 1.5 ** 2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for c in range(3):
+        a, b = x[c].numpy() * 255, gt[c].numpy() * 255
+        f = lambda m: ndimage.correlate(m, window, mode="constant")[5:-5, 5:-5]
+        mu_a, mu_b = f(a), f(b)
+        var_a, var_b, cov = f(a * a) - mu_a ** 2, f(b * b) - mu_b ** 2, f(a * b) - mu_a * mu_b
+        values.append(np.mean((2 * mu_a * mu_b + c1) * (2 * cov + c2)
+                              / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))))
+    assert abs(ssim(x, gt) - np.mean(values)) < 1e-12
+    sk = np.mean([_sk_ssim_255(x[c].numpy() * 255, gt[c].numpy() * 255) for c in range(3)])
+    assert abs(ssim(x, gt) - sk) < 1e-12
+
+
 def test_ssim_hand_computed_constant_images():
     # flat images: variances and covariance vanish, SSIM = (2ab + C1)/(a² + b² + C1) on 0–255
     a, b = 100.0, 120.0

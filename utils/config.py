@@ -37,6 +37,11 @@ _PUB = "(published key) "
 _COMPAT = "(published key, kept so published configs load; not used: {why}) "
 NOISE_TYPES = ("nonuniform", "uniform")
 SIGMA_MAPS = ("peaks", "gauss", "gauss_mix")
+TASKS = ("deblur", "denoise", "sisr")
+TEST_BLURS = ("circular", "replicate", "reflect", "symmetric", "constant", "valid")
+_TASK_DOC = ("`deblur`: y = k ⊛ x + n; `denoise`: y = x + n (no blur, k is the 1×1 identity); `sisr`: "
+             "y = (k ⊛ x)↓s + n, batches carry `scale` (and `kinfo` from `sr_gaussian` kernels); models "
+             "with input_keys (\"y\",) get no kernel and upsample themselves.")
 
 SCHEMA: Dict[str, Dict[str, Key]] = {
     "train_dataset": {
@@ -67,7 +72,10 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                              "(the published training blurs uint8 images)."),
         "degradation": Key({}, "dict", "Full `data.degrade.build_degradation` spec (kernels, noise, blur, "
                            "scale, clip); non-empty replaces the one built from the keys above and the "
-                           "train_options.is_train_* flags (e.g. DSDNet/VIRNet recipes)."),
+                           "train_options.is_train_* flags (e.g. DSDNet/VIRNet recipes). Task defaults: `denoise` "
+                           "blur null; `sisr` blur `symmetric`, clip true (and, when empty, VIRNet's SR recipe at "
+                           "the model's scale: `sr_gaussian` 21×21 kernels, noise U(sigma_min, sigma_max))."),
+        "task": Key("deblur", "str", "Restoration task. " + _TASK_DOC, choices=TASKS),
     },
     "val_dataset": {
         "root_path": Key("", "str", _PUB + "Folder of validation images. Empty: the embedded default "
@@ -84,6 +92,14 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "protocol": Key({}, "dict", "Explicit validation degradation {noise, blur, scale} as in "
                         "test_dataset.protocols (e.g. {\"noise\": 25, \"blur\": null} for denoising); "
                         "the kernel is still kernel_index of kernel_path."),
+        "task": Key("", "str", "Validation task (empty: train_dataset.task). `denoise`: noise from "
+                    "noise_level/sigma_map_type, no blur; `sisr`: VIRNet's validation (isotropic 21×21 "
+                    "Gaussian, std 1.6, symmetric blur, noise_level, clipped) at the model's scale.",
+                    choices=("",) + TASKS),
+        "degradation": Key({}, "dict", "Full `data.degrade.build_degradation` spec for validation (task "
+                           "defaults as train_dataset.degradation); non-empty replaces kernel_path, "
+                           "kernel_index, noise_level, sigma_map_type and protocol. Image i is degraded "
+                           "with the generator seeded by (0, i), so validation data never changes."),
     },
     "model": {
         "model_select": Key("NRL_GDN", "str", _PUB + "Registered model name (`models.list_models()`): "
@@ -129,6 +145,10 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "step_size": Key(30, "int", "StepLR period, in epochs (in iterations when train_options.total_iters > 0).", min=1),
         "gamma": Key(0.9, "float", "StepLR decay factor.", min=0),
         "eta_min": Key(0.0, "float", "Final lr of the cosine schedule.", min=0),
+        "warmup_epochs": Key(0, "int", "Cosine only: linear warm-up lr·(e+1)/W for epochs e < W, then "
+                             "cosine from lr to eta_min over the remaining epochs, stepped per epoch (in "
+                             "iterations when train_options.total_iters > 0); VIRNet: 5 (synthetic), 10 "
+                             "(real noise), 0 (SR).", min=0),
     },
     "train_options": {
         "epoch_val": Key(1, "int", _PUB + "Validate every N epochs (0: never).", min=0),
@@ -179,7 +199,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "test_data": Key("", "str", _PUB + "Image folder under root_path (real protocol: the blurred "
                          "photos). Empty: the embedded default test images."),
         "kernel_path": Key("", "str", _PUB + "Kernel file (.mat/.npy, a kernel image or a folder of them; real protocol: "
-                           "folder of kernel PNGs matched to photos by sorted order). Empty: embedded default kernels."),
+                           "folder of kernel PNGs matched to photos by sorted order). Empty: embedded default kernels "
+                           "(task `sisr`: VIRNet's seven SR test kernels at `scale`)."),
         "test_noise_level": Key(2.55, "float|list[float]", _PUB + "Uniform AWGN level(s) on the 0–255 scale "
                                 "(also the Gaussian part of Poisson–Gaussian). A list runs each level."),
         "test_noise_intensity": Key(0.1, "float|list[float]", _PUB + "Impulse noise: fraction(s) of replaced pixels."),
@@ -209,6 +230,29 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "seed": Key(0, "int", "Noise seed (the published scripts reseed 0 before every image)."),
         "protocols": Key([], "list", "Explicit protocols replacing the is_test_* flags: objects {name, noise "
                          "(a `data.noise.build_noise` spec), blur (default circular; null: denoising), scale}."),
+        "task": Key("", "str", "Test task (empty: train_dataset.task). `denoise`: the noise protocols "
+                    "without blur (is_test_real: real noisy/clean .mat blocks, see noisy_mat); `sisr`: "
+                    "blur (`blur`), ×1/scale MATLAB bicubic, noise; the `bicubic` column scores the "
+                    "bicubic-upsampled input; kernel_path empty: VIRNet's seven SR test kernels.",
+                    choices=("",) + TASKS),
+        "scale": Key(1, "int", "Super-resolution factor of task `sisr` (VIRNet: 2, 3, 4; must equal the "
+                     "model's scale).", min=1),
+        "blur": Key("circular", "str", "Boundary of the synthetic blur (`data.degrade.blur`): `circular` "
+                    "(the deblurring papers), `symmetric` (VIRNet SR, scipy 'reflect'), `replicate`, "
+                    "`reflect`, `constant`, `valid`.", choices=TEST_BLURS),
+        "clip_noisy": Key(False, "bool", "Clip the degraded input to [0, 1] (VIRNet: its denoising tests "
+                          "do not clip, its SR test does). Poisson–Gaussian inputs are always clipped."),
+        "save_sigma_map": Key(False, "bool", "Write the model's estimated noise σ-map (outputs[\"sigma_map\"], "
+                              "8-bit, pixel value = σ on the 0–255 scale) as `<image>_<model>_sigma.png` "
+                              "beside each result; the figure's σ inset then shows true | estimated."),
+        "sigma_map_interpolation": Key("bilinear", "str", "How the 256×256 test σ-maps are resized to an "
+                                       "image: `bilinear` (cv2.resize default, NRL-GDN) or `nearest` "
+                                       "(INTER_NEAREST_EXACT, VIRNet).", choices=("bilinear", "nearest")),
+        "noisy_mat": Key("", "str", "Task `denoise` with is_test_real: .mat file of noisy blocks "
+                         "(SIDD `ValidationNoisyBlocksSrgb.mat`: 40×32×256×256×3 uint8; any …×H×W×C array, "
+                         "uint8 or float in [0, 1]); the only variable, or the one whose name contains 'noisy'."),
+        "clean_mat": Key("", "str", "The matching ground-truth blocks (SIDD `ValidationGtBlocksSrgb.mat`), "
+                         "same shape as noisy_mat."),
     },
 }
 TRAIN_SECTIONS = ("train_dataset", "val_dataset", "model", "optimizer", "multi_step_lr", "scheduler",
@@ -419,7 +463,7 @@ def describe_schema() -> str:
         for key, entry in spec.items():
             doc = entry.doc.replace("|", "\\|")
             if entry.choices:
-                doc += " One of: " + ", ".join(f"`{c}`" for c in entry.choices) + "."
+                doc += " One of: " + ", ".join(f"`{c}`" if c != "" else '`""`' for c in entry.choices) + "."
             lines.append(f"| `{key}` | {entry.type.replace('|', ' or ')} | `{json.dumps(entry.default)}` | {doc} |")
         lines.append("")
     return "\n".join(lines)

@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 COLOR_MODES = ("rgb", "luma", "ycbcr_y")
 _LUMA = (0.299, 0.587, 0.114)              # NRL-GDN `is_gray_scale`, ITU-R BT.601 luma
@@ -79,20 +78,31 @@ def psnr(x, gt, data_range: float = 1.0, border: int = 0) -> float:
     return 10.0 * math.log10(data_range ** 2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
     r = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
+
+
+def _valid_filter_1d(t: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
+    """'valid' correlation of t with the 1-D window g along `dim`, as a sum of shifted slices
+    (float64 conv2d has no fast CPU kernel; this is several times faster)."""
+    size, n = len(g), t.shape[dim] - len(g) + 1
+    out = t.narrow(dim, 0, n) * g[0]
+    for i in range(1, size):
+        out.add_(t.narrow(dim, i, n), alpha=float(g[i]))
+    return out
 
 
 def _ssim_per_channel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM map of each channel of two C×H×W float64 images on 0–255."""
+    """Mean SSIM map of each channel of two C×H×W float64 images on 0–255.
+
+    The 11×11 Gaussian window is the outer product of two 1-D windows, so the 'valid' filtering is
+    a row pass then a column pass (22 instead of 121 multiply-adds per pixel)."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    window = _gaussian_window(device=a.device)[None, None]
+    g = _gaussian_1d(device=a.device)
     maps = torch.stack([a, b, a * a, b * b, a * b])             # 5×C×H×W
-    n, c, h, w = maps.shape
-    mu_a, mu_b, e_aa, e_bb, e_ab = F.conv2d(maps.reshape(n * c, 1, h, w), window).reshape(n, c, h - 10, w - 10)
+    mu_a, mu_b, e_aa, e_bb, e_ab = _valid_filter_1d(_valid_filter_1d(maps, g, -1), g, -2)
     var_a, var_b, cov = e_aa - mu_a ** 2, e_bb - mu_b ** 2, e_ab - mu_a * mu_b
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return ssim_map.mean(dim=(-2, -1))
