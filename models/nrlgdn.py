@@ -1,0 +1,191 @@
+"""NRL-GDN family (Kong et al., JVCI 2025): one learned gradient-descent update unit, unrolled.
+
+    NRL_GDN, NRL_GDN_Y0:  x⁺ = x + D( Aᵀ H(A x − y) + R(x) )
+    rgdn_uniform:         x⁺ = x + D( H(Aᵀ(A x − y)) + R(x) )       ("RGDN + DRUNet")
+
+A x is the zero-padded 'same' convolution with the blur kernel k (scipy.ndimage.convolve convention) and
+Aᵀ its exact adjoint (for odd kernels the correlation the published code applies). H and D are the RGDN
+CNN block, R is DRUNet; the weights are shared by all steps. x⁰ is the Eq. (22) FFT solution (NRL_GDN) or
+y (the other two). Parameter names match the official checkpoints key for key.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from models.drunet import DRUNet
+from utils.operators import check_blur_inputs, conv, conv_adjoint, eq22_init
+
+
+class RGDNBlock(nn.Module):
+    """RGDN CNN block (Gong et al. 2020), used for H and D: 5×5 convs, no bias, ReLU in between:
+    3 convs (in_nc→c→c→c) then 4 stride-1 transposed convs (c→c→c→c→in_nc).
+
+    `forward` evaluates each stride-1 ConvTranspose as the equivalent Conv (same parameter, transposed
+    and flipped at run time) in channels_last layout; `self.main(x)` is the plain formulation."""
+
+    def __init__(self, in_nc: int = 3, channels: int = 64):
+        super().__init__()
+        c = channels
+        layers = [nn.Conv2d(in_nc, c, 5, 1, 2, bias=False), nn.ReLU(inplace=True)]
+        for _ in range(2):
+            layers += [nn.Conv2d(c, c, 5, 1, 2, bias=False), nn.ReLU(inplace=True)]
+        for _ in range(3):
+            layers += [nn.ConvTranspose2d(c, c, 5, 1, 2, bias=False), nn.ReLU(inplace=True)]
+        layers.append(nn.ConvTranspose2d(c, in_nc, 5, 1, 2, bias=False))
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.main:
+            if isinstance(layer, nn.ConvTranspose2d):
+                # stride-1 transposed conv == conv with in/out swapped and the taps rotated by 180°
+                weight = layer.weight.transpose(0, 1).flip(-2, -1)
+                x = F.conv2d(x, weight, padding=layer.kernel_size[0] - 1 - layer.padding[0])
+            else:
+                x = layer(x)
+        return x
+
+
+def _published_init_(module: nn.Module) -> None:
+    """Training initialisation of the published code: Xavier-normal for every nn.Conv2d; transposed
+    convolutions keep PyTorch's default."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d:
+            nn.init.xavier_normal_(m.weight)
+
+
+class _EarlyStop:
+    """The published stopping rule: e_t = ||A x^t − y||_F / 2 over the batch,
+    rel_t = (|e_t − e_{t−1}| + 1e-10) / (e_{t−1} + 1e-10), rel_0 = 0; stop after step t ≥ 5 (0-based)
+    when rel_{t−1} − rel_t < threshold. Evaluated in the tensors' dtype, as published."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.prev_error = None
+        self.prev_rel = 0.0
+
+    @torch.no_grad()
+    def should_stop(self, step: int, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> bool:
+        error = torch.linalg.vector_norm(conv(x, k) - y) / 2
+        if step == 0:
+            self.prev_error = error
+            return False
+        rel = (torch.abs(error - self.prev_error) + 1e-10) / (self.prev_error + 1e-10)
+        stop = step > 4 and bool((self.prev_rel - rel) < self.threshold)
+        self.prev_error, self.prev_rel = error, rel
+        return stop
+
+
+class NRLGDNUnrolled(nn.Module):
+    """Shared implementation of the three variants (subclasses set `init_mode`, `h_after_adjoint`).
+
+    Options (keywords): num_steps (40), early_stop (True: published rule, in training too; False: fixed
+    steps), stop_epsilon (published switch: the rule runs only when finite), stop_threshold (1e-3),
+    grad_checkpointing (recompute each step in backward: memory flat in the number of steps),
+    r_channels / r_blocks (DRUNet widths / ResBlocks per scale), hd_channels (H and D width), in_nc,
+    channels_last (CNN layout), record_steps (return {"x", "steps"}).
+    """
+
+    input_keys = ("y", "k")
+    default_loss = "nrlgdn_l1"
+    init_mode = "eq22"
+    h_after_adjoint = False
+    default_stop_epsilon = 1e-3
+
+    def __init__(self, num_steps: int = 40, early_stop: bool = True, stop_epsilon: float | None = None,
+                 stop_threshold: float = 1e-3, grad_checkpointing: bool = False,
+                 r_channels: Sequence[int] = (64, 128, 256, 512), r_blocks: int = 4, hd_channels: int = 64,
+                 in_nc: int = 3, channels_last: bool = True, record_steps: bool = False):
+        super().__init__()
+        if int(num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.num_steps = int(num_steps)
+        self.early_stop = bool(early_stop)
+        self.stop_epsilon = self.default_stop_epsilon if stop_epsilon is None else float(stop_epsilon)
+        self.stop_threshold = float(stop_threshold)
+        self.grad_checkpointing = bool(grad_checkpointing)
+        self.channels_last = bool(channels_last)
+        self.record_steps = bool(record_steps)
+        self.in_nc = int(in_nc)
+        self.last_num_steps = 0
+        self.r = DRUNet(in_nc=in_nc, out_nc=in_nc, nc=r_channels, nb=r_blocks)
+        self.h = RGDNBlock(in_nc, hd_channels)
+        self.d_alpha = RGDNBlock(in_nc, hd_channels)
+        _published_init_(self)
+        if self.channels_last:  # parameters stored NHWC once (same keys/shapes), not converted per call
+            self.to(memory_format=torch.channels_last)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _cnn(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return block(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return block(x)
+
+    def initial_estimate(self, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return eq22_init(y, k) if self.init_mode == "eq22" else y
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """One NRL-GDN update unit x^t -> x^{t+1}."""
+        residual = conv(x, k) - y
+        if self.h_after_adjoint:
+            data_term = self._cnn(self.h, conv_adjoint(residual, k))
+        else:
+            data_term = conv_adjoint(self._cnn(self.h, residual), k)
+        return x + self._cnn(self.d_alpha, data_term + self._cnn(self.r, x))
+
+    def early_stop_active(self) -> bool:
+        return self.early_stop and math.isfinite(self.stop_epsilon)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, y: torch.Tensor, k: torch.Tensor):
+        k = check_blur_inputs(y, k)
+        if y.shape[1] != self.in_nc:
+            raise ValueError(f"{type(self).__name__} expects y with {self.in_nc} channels "
+                             f"(N×{self.in_nc}×H×W), got {tuple(y.shape)}")
+        y = y.contiguous()
+        x = self.initial_estimate(y, k)
+        monitor = _EarlyStop(self.stop_threshold) if self.early_stop_active() else None
+        use_checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
+        steps = []
+        for t in range(self.num_steps):
+            if use_checkpoint:
+                x = checkpoint(self.update, x, y, k, use_reentrant=False)
+            else:
+                x = self.update(x, y, k)
+            if self.record_steps:
+                steps.append(x)
+            if monitor is not None and monitor.should_stop(t, x, y, k):
+                break
+        self.last_num_steps = t + 1
+        if self.record_steps:
+            return {"x": x, "steps": steps}
+        return x
+
+
+class NRL_GDN(NRLGDNUnrolled):
+    """NRL-GDN: x⁰ from Eq. (22), H applied before the adjoint blur."""
+
+    init_mode = "eq22"
+    h_after_adjoint = False
+    default_stop_epsilon = 1e-3
+
+
+class NRL_GDN_Y0(NRLGDNUnrolled):
+    """NRL-GDN with x⁰ = y."""
+
+    init_mode = "y"
+    h_after_adjoint = False
+    default_stop_epsilon = 1e-3
+
+
+class rgdn_uniform(NRLGDNUnrolled):  # noqa: N801 (published model name)
+    """RGDN + DRUNet: x⁰ = y, H applied after the adjoint blur."""
+
+    init_mode = "y"
+    h_after_adjoint = True
+    default_stop_epsilon = 1e-6
