@@ -2,12 +2,15 @@
 
 Recipe (NRL-GDN non-uniform training): random 256×256 colour crop, random 8-way flip/rotation, random
 motion kernel from a 3-D camera trajectory (250 points, 25×25), circular blur, region-wise AWGN
-(2/3 one σ, 1/3 four quadrants, σ ~ U(0, 12.75)/255). The plain version generates the trajectory and
-bins it point by point in Python and blurs with `scipy.ndimage.convolve(mode='wrap')`, the way the
-published code does. Both run single-threaded (as in a DataLoader worker). The CPU is shared, so
-each timing is repeated and the median per-sample time is reported.
+(2/3 one σ, 1/3 four quadrants, σ ~ U(0, 12.75)/255), C×H×W tensors out. The plain version generates
+the trajectory and bins it point by point in Python, blurs with `scipy.ndimage.convolve(mode='wrap')`
+and converts to tensors, the way the published code does. Two variants of the blur input: the float64
+patch, or the uint8 patch as published (uint8 result, truncated; ours then uses quantize_blur=True).
+Both run single-threaded (as in a DataLoader worker). The CPU is shared, so the timings are repeated,
+interleaved with alternating order, and medians are reported.
 
     python benchmarks/bench_pipeline.py [--samples 60] [--plain-samples 15] [--repeats 5]
+                                        [--blur-input float|uint8|both]
 """
 from __future__ import annotations
 
@@ -73,7 +76,9 @@ def plain_motion_kernel(size=KSIZE):
     return k / k.sum() if k.sum() >= 0.1 else np.full((size, size), 1.0 / size ** 2)
 
 
-def plain_sample(images):
+def plain_sample(images, uint8_blur=False):
+    """One training sample the published way: crop/augment the uint8 patch, motion kernel, ndimage blur
+    (of the uint8 patch, as published, or of its float64 copy), region noise, torch tensors C×H×W."""
     img = images[np.random.randint(len(images))]
     top = np.random.randint(img.shape[0] - PATCH + 1)
     left = np.random.randint(img.shape[1] - PATCH + 1)
@@ -82,7 +87,10 @@ def plain_sample(images):
     patch = np.rot90(patch, mode % 4)
     patch = np.flipud(patch) if mode >= 4 else patch
     k = plain_motion_kernel()
-    blurred = ndimage.convolve(patch.astype(np.float64) / 255, k[:, :, None], mode="wrap")
+    if uint8_blur:  # uint8 in, uint8 out (truncated), then /255
+        blurred = ndimage.convolve(patch, k[:, :, None], mode="wrap") / 255.0
+    else:
+        blurred = ndimage.convolve(patch.astype(np.float64) / 255, k[:, :, None], mode="wrap")
     h1, w1 = PATCH // 2, PATCH // 2
     sig = np.random.uniform(0, SIGMA_MAX, size=1 if np.random.randint(9) < 6 else 4) / 255
     sig = np.repeat(sig, 4) if sig.size == 1 else sig
@@ -90,7 +98,11 @@ def plain_sample(images):
     for q, (rows, cols) in enumerate([(slice(0, h1), slice(0, w1)), (slice(0, h1), slice(w1, None)),
                                       (slice(h1, None), slice(0, w1)), (slice(h1, None), slice(w1, None))]):
         smap[rows, cols] = sig[q]
-    return patch, blurred + np.random.randn(*blurred.shape) * smap, k, smap
+    noisy = blurred + np.random.randn(*blurred.shape) * smap
+
+    def to_tensor(a):  # HWC array -> C×H×W float tensor, as the published uint2tensor3/single2tensor3
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()
+    return to_tensor(patch).div(255.0), to_tensor(noisy), torch.from_numpy(np.float32(k))[None], to_tensor(smap)
 
 
 # ------------------------------------------------------------------ timing
@@ -115,6 +127,9 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=60, help="samples per repeat, our pipeline")
     parser.add_argument("--plain-samples", type=int, default=15, help="samples per repeat, plain pipeline")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--blur-input", choices=["float", "uint8", "both"], default="both",
+                        help="blur the float64 patch, or the uint8 patch as published (ours then quantises "
+                             "the blurred image to 8-bit levels, quantize_blur=True)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     np.random.seed(0)
@@ -124,36 +139,57 @@ def main(argv=None):
     noise = {"type": "mixture", "components": [
         {"weight": 2, "noise": {"type": "regions", "layout": "one", "sigma_range": [0, SIGMA_MAX]}},
         {"weight": 1, "noise": {"type": "regions", "layout": "four", "sigma_range": [0, SIGMA_MAX]}}]}
-    degradation = Degradation(KernelSampler(motion_prob=1.0, size=KSIZE), noise, blur="circular")
-    dataset = TrainDataset(list(tensors.items()), PATCH, degradation, seed=0, length=10 ** 7)
-    dataset[0], plain_sample(arrays)  # warm-up (FFT plans, allocations)
-    ours, plain, ratios, cpu_ratios, offset = [], [], [], [], 0
-    for _ in range(args.repeats):  # interleaved, so load changes on the shared CPU hit both alike
-        wall_o, cpu_o = timed(lambda i: dataset[offset + i], args.samples)
+    recipes = ["float", "uint8"] if args.blur_input == "both" else [args.blur_input]
+    runs = {}
+    for recipe in recipes:
+        degradation = Degradation(KernelSampler(motion_prob=1.0, size=KSIZE), noise, blur="circular",
+                                  quantize_blur=recipe == "uint8")
+        dataset = TrainDataset(list(tensors.items()), PATCH, degradation, seed=0, length=10 ** 7)
+        dataset[0], plain_sample(arrays, recipe == "uint8")  # warm-up (FFT plans, allocations)
+        runs[recipe] = {"dataset": dataset, "ours": [], "plain": [], "cpu_ours": [], "cpu_plain": []}
+    offset = 0
+    for r in range(args.repeats):  # interleaved (and alternating order), so load changes hit both alike
+        for recipe in recipes:
+            run = runs[recipe]
+
+            def ours():
+                return timed(lambda i: run["dataset"][offset + i], args.samples)
+
+            def plain():
+                return timed(lambda i: plain_sample(arrays, recipe == "uint8"), args.plain_samples)
+
+            if r % 2 == 0:
+                (wall_o, cpu_o), (wall_p, cpu_p) = ours(), plain()
+            else:
+                (wall_p, cpu_p), (wall_o, cpu_o) = plain(), ours()
+            run["ours"].append(wall_o)
+            run["plain"].append(wall_p)
+            run["cpu_ours"].append(cpu_o)
+            run["cpu_plain"].append(cpu_p)
         offset += args.samples
-        wall_p, cpu_p = timed(lambda i: plain_sample(arrays), args.plain_samples)
-        ours.append(wall_o)
-        plain.append(wall_p)
-        ratios.append(wall_p / wall_o)
-        cpu_ratios.append(cpu_p / cpu_o)
     sampler = KernelSampler(motion_prob=1.0)
     kern = statistics.median(mean_seconds(lambda i: sampler(np.random.default_rng(i)), 50) for _ in range(3))
     kern_plain = statistics.median(mean_seconds(lambda i: plain_motion_kernel(), 5) for _ in range(3))
 
-    def fmt(ts):
-        return ", ".join(f"{t * 1e3:.1f}" for t in ts)
-    med_ours, med_plain = statistics.median(ours), statistics.median(plain)
+    def fmt(ts, scale=1e3, digits=1):
+        return ", ".join(f"{t * scale:.{digits}f}" for t in ts)
     print(f"recipe: {PATCH}x{PATCH} colour crops, {KSIZE}x{KSIZE} motion kernel, circular blur, region noise "
-          f"(2/3 one, 1/3 four); 1 thread; {args.repeats} interleaved repeats of {args.samples} (ours) / "
-          f"{args.plain_samples} (plain) samples; medians")
-    print(f"ours : {1 / med_ours:7.1f} samples/s  ({med_ours * 1e3:6.2f} ms/sample; repeats {fmt(ours)} ms)")
-    print(f"plain: {1 / med_plain:7.1f} samples/s  ({med_plain * 1e3:6.2f} ms/sample; repeats {fmt(plain)} ms)")
-    print(f"motion kernel alone: ours {kern * 1e3:.2f} ms, plain loop {kern_plain * 1e3:.2f} ms ({kern_plain / kern:.0f}x)")
-    print(f"speed-up ours/plain (wall): median of per-repeat ratios {statistics.median(ratios):.1f}x "
-          f"(ratios {', '.join(f'{r:.1f}' for r in ratios)}); target >= 10x")
-    print(f"speed-up ours/plain (process CPU time): median {statistics.median(cpu_ratios):.1f}x "
-          f"(ratios {', '.join(f'{r:.1f}' for r in cpu_ratios)})")
-    print(f"pooled over all repeats: {sum(plain) / sum(ours):.1f}x (mean plain time / mean ours)")
+          f"(2/3 one, 1/3 four), tensors out; 1 thread; {args.repeats} interleaved repeats of {args.samples} "
+          f"(ours) / {args.plain_samples} (plain) samples; medians")
+    for recipe in recipes:
+        run = runs[recipe]
+        med_ours, med_plain = statistics.median(run["ours"]), statistics.median(run["plain"])
+        ratios = [p / o for p, o in zip(run["plain"], run["ours"])]
+        cpu_ratios = [p / o for p, o in zip(run["cpu_plain"], run["cpu_ours"])]
+        print(f"[blur of the {recipe} patch]")
+        for name, med, times in (("ours ", med_ours, run["ours"]), ("plain", med_plain, run["plain"])):
+            print(f"  {name}: {1 / med:7.1f} samples/s  ({med * 1e3:6.2f} ms/sample; repeats {fmt(times)} ms)")
+        print(f"  speed-up (wall): median of per-repeat ratios {statistics.median(ratios):.1f}x "
+              f"(ratios {fmt(ratios, 1)}); target >= 10x")
+        print(f"  speed-up (process CPU time): median {statistics.median(cpu_ratios):.1f}x "
+              f"(ratios {fmt(cpu_ratios, 1)})")
+    print(f"motion kernel alone: ours {kern * 1e3:.2f} ms, plain loop {kern_plain * 1e3:.2f} ms "
+          f"({kern_plain / kern:.0f}x)")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,13 @@ def random_crop(img: torch.Tensor, size: int, rng: np.random.Generator) -> torch
     return img[..., top:top + size, left:left + size]
 
 
+def augmented_copy(img: torch.Tensor, mode: int) -> torch.Tensor:
+    """A new contiguous tensor holding `dihedral(img, mode)`: one strided copy (numpy views can flip
+    and transpose for free, torch would copy for each flip), never aliasing a cached image."""
+    view = dihedral(img.detach().cpu().numpy(), mode, copy=False)
+    return torch.from_numpy(np.array(view, order="C"))
+
+
 class TrainDataset(Dataset):
     """Random crop + 8-way augmentation + on-the-fly degradation of a set of training images."""
 
@@ -99,12 +106,11 @@ class TrainDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
         rng = self.rng(index)
-        source = img = self.images[index % len(self.images)]
+        img = self.images[index % len(self.images)]
         if self.patch_size is not None:
             img = random_crop(img, self.patch_size, rng)
-        if self.augment:
-            img = dihedral(img, int(rng.integers(8)))
-        return self.degradation(_own_storage(img, source), rng)
+        mode = int(rng.integers(8)) if self.augment else 0
+        return self.degradation(augmented_copy(img, mode), rng)
 
 
 class TestDataset(Dataset):

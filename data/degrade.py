@@ -18,15 +18,50 @@ import torch.nn.functional as F
 
 from data.kernels import build_kernel_sampler, validate_kernel
 from data.noise import build_noise
-from utils.operators import conv_circular
+from utils.operators import conv_circular, kernel_batch
 
 BLUR_MODES = ("circular", "replicate", "reflect", "symmetric", "constant", "valid", None)
+
+
+def _wrap_kernels(out: torch.Tensor, k: torch.Tensor):
+    """Write kernels N×h×w into the zeroed N×H×W `out` with their centre (h//2, w//2) moved to (0, 0),
+    periodically (the zero-padded, circularly shifted PSF whose FFT is the OTF; no roll needed)."""
+    h, w = out.shape[-2:]
+    kh, kw = k.shape[-2:]
+    ch, cw = kh // 2, kw // 2
+    out.zero_()
+    out[..., :kh - ch, :kw - cw] = k[..., ch:, cw:]
+    if cw:
+        out[..., :kh - ch, w - cw:] = k[..., ch:, :cw]
+    if ch:
+        out[..., h - ch:, :kw - cw] = k[..., :ch, cw:]
+    if ch and cw:
+        out[..., h - ch:, w - cw:] = k[..., :ch, :cw]
+
+
+def circular_blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Periodic blur of N×C×H×W images with N×1×h×w kernels, = `ndimage.convolve(mode='wrap')`.
+
+    The kernel is wrapped into place instead of zero-padded and rolled, and its half spectrum is shared
+    by the channels."""
+    k = kernel_batch(k, x.shape[0], x)
+    h, w = x.shape[-2:]
+    if k.shape[-2] > h or k.shape[-1] > w:  # wraps more than once: direct periodic convolution
+        return conv_circular(x, k)
+    psf = x.new_empty((k.shape[0], 1, h, w))
+    _wrap_kernels(psf, k)
+    spectrum, otf = torch.fft.rfft2(x), torch.fft.rfft2(psf)
+    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad):
+        spectrum = spectrum * otf
+    else:  # in place: one buffer less per image
+        spectrum.mul_(otf)
+    return torch.fft.irfft2(spectrum, s=(h, w))
 
 
 def blur(x: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tensor:
     """Blur N×C×H×W images with N×1×h×w kernels; 'valid' returns (H−h+1)×(W−w+1)."""
     if mode == "circular":
-        return conv_circular(x, k)
+        return circular_blur(x, k)
     kh, kw = k.shape[-2:]
     # Pad so that no output pixel of interest wraps around, then use the FFT circular blur.
     top, left = kh - 1 - kh // 2, kw - 1 - kw // 2
@@ -36,7 +71,7 @@ def blur(x: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tens
         if kh > h or kw > w:
             raise ValueError(f"'valid' blur needs an image at least as large as the kernel {kh}×{kw}, got {h}×{w}")
         rows, cols = valid_crop(kh, kw, h, w)
-        return conv_circular(x, k)[..., rows, cols]
+        return circular_blur(x, k)[..., rows, cols]
     if mode not in ("replicate", "reflect", "symmetric", "constant"):
         raise ValueError(f"blur mode '{mode}' unknown, expected one of {list(BLUR_MODES)}")
     h, w = x.shape[-2:]
@@ -50,7 +85,7 @@ def blur(x: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tens
         padded = F.pad(x, (left, right, top, bottom))
     else:
         padded = F.pad(x, (left, right, top, bottom), mode=mode)
-    return conv_circular(padded, k)[..., top:top + h, left:left + w]
+    return circular_blur(padded, k)[..., top:top + h, left:left + w]
 
 
 def valid_crop(kh: int, kw: int, h: int, w: int):
@@ -59,7 +94,10 @@ def valid_crop(kh: int, kw: int, h: int, w: int):
 
 
 class Degradation:
-    """Callable `(x C×H×W, rng) -> dict(x, y, k 1×h×w, sigma C×H'×W' [, scale, kinfo])`."""
+    """Callable `(x C×H×W, rng) -> dict(x, y, k 1×h×w, sigma C×H'×W', noise C×H'×W' [, scale, kinfo])`.
+
+    `noise` is the noise sample: y = (blurred, downsampled) x + noise before the optional clipping of y
+    (for Gaussian noise exactly as computed; see `data.noise.Noise.add`)."""
 
     def __init__(self, kernels=None, noise=None, blur: str | None = "circular", scale: int = 1,
                  quantize_blur: bool = False, clip: bool = False):
@@ -93,22 +131,22 @@ class Degradation:
             h, w = x.shape[-2:]
             x = x[..., :h - h % self.scale, :w - w % self.scale]
         if self.blur is None:
-            y = x.clone()
+            clean = x  # noise models never modify their input in place
         else:
-            y = blur(x[None], k[None], self.blur)[0]
+            clean = blur(x[None], k[None], self.blur)[0]
             if self.blur == "valid":
                 rows, cols = valid_crop(*k.shape[-2:], *x.shape[-2:])
                 x = x[..., rows, cols]
         if self.quantize_blur:  # the published NRL-GDN training blurs uint8 images (truncating)
-            y = torch.floor(y * 255.0 + 1e-3) / 255.0
+            clean = (clean * 255.0).add_(1e-3).floor_().div_(255.0)
         if self.scale > 1:
             from utils.imresize import imresize
 
-            y = imresize(y.clamp(0, 1)[None], 1.0 / self.scale)[0]
-        y, sigma = self.noise(y, rng)
+            clean = imresize(clean.clamp(0, 1)[None], 1.0 / self.scale)[0]
+        y, sigma, noise = self.noise.add(clean, rng)  # the sample itself, e.g. for DSDNet's loss
         if self.clip:
             y = y.clamp(0, 1)
-        out = {"x": x, "y": y, "k": k, "sigma": sigma}
+        out = {"x": x, "y": y, "k": k, "sigma": sigma, "noise": noise}
         if self.scale > 1:
             out["scale"] = self.scale
         if "kinfo" in extras:

@@ -6,6 +6,7 @@ are read by `load_kernels`; every kernel passes `validate_kernel` (finite, posit
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,17 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 # Motion kernels from random 3-D camera trajectories (the generator NRL-GDN, KAIR and DSDNet ship)
 # ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _trajectory_constants(n: int):
+    """(2π/n, t + 1, a^t) for t = 1..n-1, a = 1 + 2π/n (read-only; the kernels depend on their exact
+    rounding, since the published bin edges do)."""
+    step = 2.0 * math.pi / n
+    t = np.arange(1, n, dtype=np.float64)
+    t1, growth = t + 1.0, (1.0 + step) ** t
+    t1.flags.writeable = growth.flags.writeable = False
+    return step, t1, growth
 
 
 def trajectory_from_noise(v0: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -27,17 +39,17 @@ def trajectory_from_noise(v0: np.ndarray, noise: np.ndarray) -> np.ndarray:
     The linear recursion for r is solved in closed form: r_t = a^t Σ_{s≤t} a^{-s} c_s, a = 1 + 2π/n.
     """
     n = noise.shape[0] + 1
-    step = 2.0 * math.pi / n
-    t = np.arange(1, n, dtype=np.float64)[:, None]
-    growth = (1.0 + step) ** t
-    r = growth * np.cumsum(step * noise[:, 0] / (t + 1.0) / growth, axis=0)
-    v = v0[None, :] + np.cumsum(noise[:, 1] / (t + 1.0), axis=0)
+    step, t1, growth = _trajectory_constants(n)
+    forces = np.ascontiguousarray(noise.transpose(1, 2, 0))  # 2×3×(n-1): one row per axis
+    r = growth * np.cumsum(step * forces[0] / t1 / growth, axis=1)
+    v = v0[:, None] + np.cumsum(forces[1] / t1, axis=1)
     c, s = np.cos(r), np.sin(r)
     # Rx, then Ry, then Rz applied to v (same as (Rz @ Ry @ Rx) @ v).
-    u0, u1, u2 = v[:, 0], c[:, 0] * v[:, 1] - s[:, 0] * v[:, 2], s[:, 0] * v[:, 1] + c[:, 0] * v[:, 2]
-    w0, w1, w2 = c[:, 1] * u0 + s[:, 1] * u2, u1, -s[:, 1] * u0 + c[:, 1] * u2
-    steps = np.stack([c[:, 2] * w0 - s[:, 2] * w1, s[:, 2] * w0 + c[:, 2] * w1, w2], axis=1)
-    return np.concatenate([np.zeros((1, 3)), np.cumsum(steps, axis=0)], axis=0)
+    u0, u1, u2 = v[0], c[0] * v[1] - s[0] * v[2], s[0] * v[1] + c[0] * v[2]
+    w0, w1, w2 = c[1] * u0 + s[1] * u2, u1, -s[1] * u0 + c[1] * u2
+    path = np.zeros((n, 3))
+    path[1:] = np.cumsum(np.stack([c[2] * w0 - s[2] * w1, s[2] * w0 + c[2] * w1, w2]), axis=1).T
+    return path
 
 
 def random_trajectory(rng: np.random.Generator, n_points: int = 250) -> np.ndarray:
@@ -49,10 +61,11 @@ def bin_trajectory(rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray 
     """Counts of trajectory points on a size×size grid, with the published bin edges
     `arange(min, max, (max-min)/size)` and half-open bins [e_{i-1}, e_i): points beyond the last
     edge are dropped (so the last row/column stays nearly empty, as published). None if empty."""
-    if np.ptp(rows) == 0 or np.ptp(cols) == 0:
+    r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+    if r1 == r0 or c1 == c0:
         return None
-    edges_r = np.arange(rows.min(), rows.max(), np.ptp(rows) / size)
-    edges_c = np.arange(cols.min(), cols.max(), np.ptp(cols) / size)
+    edges_r = np.arange(r0, r1, (r1 - r0) / size)
+    edges_c = np.arange(c0, c1, (c1 - c0) / size)
     ir = np.searchsorted(edges_r, rows, side="right") - 1
     ic = np.searchsorted(edges_c, cols, side="right") - 1
     keep = (ir < min(len(edges_r) - 1, size)) & (ic < min(len(edges_c) - 1, size))
@@ -75,7 +88,8 @@ _SMOOTH_1D /= _SMOOTH_1D.sum()  # 1-D factor of fspecial('gaussian', 3, 1)
 
 def _smooth3(k: np.ndarray) -> np.ndarray:
     """'same' zero-padded convolution with the 3×3 Gaussian (σ = 1), done separably."""
-    p = np.pad(k, 1)
+    p = np.zeros((k.shape[0] + 2, k.shape[1] + 2))
+    p[1:-1, 1:-1] = k
     g0, g1 = _SMOOTH_1D[0], _SMOOTH_1D[1]
     rows = g0 * (p[:-2] + p[2:]) + g1 * p[1:-1]
     return g0 * (rows[:, :-2] + rows[:, 2:]) + g1 * rows[:, 1:-1]
@@ -122,7 +136,9 @@ def motion_kernel(rng: np.random.Generator, size: int = 25, n_points: int = 250,
     if before < 0:
         k = k[:size, :size]
     else:
-        k = np.pad(k, ((before, size - k.shape[0] - before), (before, size - k.shape[1] - before)))
+        padded = np.zeros((size, size))
+        padded[before:before + k.shape[0], before:before + k.shape[1]] = k
+        k = padded
     if rng.random() < zoom_prob:
         out_w = int(rng.integers(size, max_zoom * size + 1))
         out_h = int(rng.integers(size, max_zoom * size + 1))
@@ -215,9 +231,10 @@ _DIHEDRAL = [(False, False, False), (True, False, False), (False, True, False), 
              (False, False, True), (True, True, False), (False, True, True), (True, True, True)]
 
 
-def dihedral(a, mode: int):
+def dihedral(a, mode: int, copy: bool = True):
     """Flip/rotation `mode` (0..7, KAIR `augment_img` numbering) of the last two axes of a numpy array
-    or tensor. Tensors come back as at most one copy (a transposed/flipped layout, not contiguous)."""
+    or tensor. Tensors come back as at most one copy (a transposed/flipped layout, not contiguous);
+    numpy arrays as a contiguous array, or as a strided view with `copy=False`."""
     mode = int(mode)
     if not 0 <= mode < 8:
         raise ValueError(f"augmentation mode must be 0..7, got {mode}")
@@ -225,7 +242,8 @@ def dihedral(a, mode: int):
     dims = [d for d, f in ((-2, flip_rows), (-1, flip_cols)) if f]
     if isinstance(a, np.ndarray):
         out = np.swapaxes(a, -2, -1) if transpose else a
-        return np.ascontiguousarray(np.flip(out, axis=tuple(dims)) if dims else out)
+        out = np.flip(out, axis=tuple(dims)) if dims else out
+        return np.ascontiguousarray(out) if copy else out
     out = a.transpose(-2, -1) if transpose else a
     return out.flip(dims) if dims else out
 

@@ -1,4 +1,7 @@
-"""Noise models: small objects `noise(img, rng) -> (noisy, sigma_map)`.
+"""Noise models: small objects `noise(img, rng) -> (noisy, sigma_map)`; `noise.add(img, rng)` also
+returns the noise sample (noisy, sigma_map, noise): for the Gaussian models the drawn σ·z with
+noisy = img + noise exactly as computed, for Poisson–Gaussian z − img before the clipping, for impulse
+and JPEG noisy − img.
 
 `img` is a C×H×W tensor in [0, 1]; `rng` a `numpy.random.Generator` (the only source of randomness).
 `sigma_map` is a C×H×W tensor of the noise standard deviation on the [0, 1] scale. For Gaussian models
@@ -9,6 +12,7 @@ measured RMS error as a constant map). Specs give σ on the 0–255 scale, as th
 from __future__ import annotations
 
 import io
+import math
 from typing import Sequence
 
 import numpy as np
@@ -17,12 +21,32 @@ import torch
 from data.sigma_maps import MAP_KINDS, sigma_map
 
 
-def _gaussian(shape, rng: np.random.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normals from a torch generator seeded by `rng` (3-4x faster than numpy's for images;
-    still a pure function of the numpy Generator state)."""
-    gen = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 63 - 1)))
-    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.randn(tuple(shape), generator=gen, dtype=dtype).to(like.dtype)
+_ONE_BITS = np.uint32(0x3F800000)  # float32 1.0: OR-ed with 23 random mantissa bits gives U[1, 2)
+
+
+def gaussian(shape, rng: np.random.Generator, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """scale · N(0, 1) samples by Box–Muller from the raw 64-bit output of `rng` (a pure function of the
+    Generator state). About as fast as torch.randn with a seeded generator, but it works in place in the
+    buffer of random bits (less memory traffic) and folds the scale into the radius.
+
+    Each 32-bit half of a word becomes f ∈ [1, 2) with 23 random mantissa bits (exact); u = 2 − f ∈ (0, 1]
+    sets the radius √(−2 ln u) (|z| < 5.65) and the other half the angle 2π(f − 1.5); cos and sin give
+    two normals."""
+    n = math.prod(shape)
+    half = (n + 1) // 2
+    bits = rng.bit_generator.random_raw(half).view(np.uint32)
+    bits >>= 9
+    bits |= _ONE_BITS
+    values = torch.from_numpy(bits.view(np.float32))
+    if dtype == torch.float64:
+        values = values.double()
+    radius, angle = values[:half], values[half:]
+    radius.neg_().add_(2.0).log_().mul_(-2.0 * scale * scale).sqrt_()
+    angle.sub_(1.5).mul_(2.0 * math.pi)
+    sin = torch.sin(angle)
+    angle.cos_().mul_(radius)  # r cos θ
+    radius.mul_(sin)  # r sin θ
+    return values[:n].view(tuple(shape)).to(dtype)
 
 
 def _range(value, what: str):
@@ -40,10 +64,19 @@ def _fmt(v: float) -> str:
 
 
 class Noise:
-    """Base class; subclasses set `name` and implement `__call__`."""
+    """Base class. Additive Gaussian models implement `add`; the others implement `corrupt`."""
     name = "noise"
 
     def __call__(self, img: torch.Tensor, rng: np.random.Generator):
+        noisy, sigma, _ = self.add(img, rng)
+        return noisy, sigma
+
+    def add(self, img: torch.Tensor, rng: np.random.Generator):
+        """(noisy, sigma_map, noise sample); here noise = noisy − img."""
+        noisy, sigma = self.corrupt(img, rng)
+        return noisy, sigma, noisy - img
+
+    def corrupt(self, img: torch.Tensor, rng: np.random.Generator):
         raise NotImplementedError
 
     def __repr__(self):
@@ -53,8 +86,8 @@ class Noise:
 class NoNoise(Noise):
     name = "none"
 
-    def __call__(self, img, rng):
-        return img.clone(), torch.zeros_like(img)
+    def add(self, img, rng):
+        return img.clone(), torch.zeros_like(img), torch.zeros_like(img)
 
 
 class UniformNoise(Noise):
@@ -70,10 +103,11 @@ class UniformNoise(Noise):
         self.name = (f"awgn(sigma={_fmt(self.sigma)})" if sigma is not None else
                      f"awgn(sigma~U[{_fmt(self.sigma_range[0])},{_fmt(self.sigma_range[1])}])")
 
-    def __call__(self, img, rng):
+    def add(self, img, rng):
         sigma = self.sigma if self.sigma is not None else rng.uniform(*self.sigma_range)
         sigma = sigma / 255.0
-        return _gaussian(img.shape, rng, img).mul_(sigma).add_(img), torch.full_like(img, sigma)
+        noise = gaussian(img.shape, rng, img.dtype, sigma)
+        return img + noise, torch.full_like(img, sigma), noise
 
 
 REGION_LAYOUTS = {"one": 1, "four": 4, "top_bottom": 2, "left_right": 2}
@@ -94,19 +128,20 @@ class RegionNoise(Noise):
         return {"one": lambda: s * 4, "four": lambda: s, "top_bottom": lambda: [s[0], s[0], s[1], s[1]],
                 "left_right": lambda: [s[0], s[1], s[0], s[1]]}[self.layout]()
 
-    def __call__(self, img, rng):
+    def add(self, img, rng):
         h, w = img.shape[-2:]
         h1, w1 = h // 2, w // 2
         s = self.quadrant_sigmas(rng)
-        noise = _gaussian(img.shape, rng, img)
-        if len(set(s)) == 1:
-            return noise.mul_(s[0]).add_(img), torch.full((1, h, w), s[0], dtype=img.dtype).expand_as(img)
+        if len(set(s)) == 1:  # σ folded into the sampler: no extra pass over the image
+            noise = gaussian(img.shape, rng, img.dtype, s[0])
+            return img + noise, torch.full((1, h, w), s[0], dtype=img.dtype).expand_as(img), noise
+        noise = gaussian(img.shape, rng, img.dtype)
         sigma = torch.empty((1, h, w), dtype=img.dtype)
         for value, rows, cols in ((s[0], slice(0, h1), slice(0, w1)), (s[1], slice(0, h1), slice(w1, w)),
                                   (s[2], slice(h1, h), slice(0, w1)), (s[3], slice(h1, h), slice(w1, w))):
             sigma[..., rows, cols] = value
             noise[..., rows, cols] *= value
-        return noise.add_(img), sigma.expand_as(img)
+        return img + noise, sigma.expand_as(img), noise
 
 
 class SigmaMapNoise(Noise):
@@ -121,11 +156,12 @@ class SigmaMapNoise(Noise):
         self.base, self.interpolation = int(base), interpolation
         self.name = f"sigma_map({map}, [{_fmt(self.range[0])},{_fmt(self.range[1])}])"
 
-    def __call__(self, img, rng):
+    def add(self, img, rng):
         lo, hi = self.range
         m = sigma_map(self.map, img.shape, rng, lo / 255.0, hi / 255.0, self.base, self.interpolation)
         sigma = torch.from_numpy(m).to(img.dtype).expand_as(img)
-        return _gaussian(img.shape, rng, img).mul_(sigma).add_(img), sigma
+        noise = gaussian(img.shape, rng, img.dtype).mul_(sigma)
+        return img + noise, sigma, noise
 
 
 class PoissonGaussianNoise(Noise):
@@ -137,16 +173,18 @@ class PoissonGaussianNoise(Noise):
         self.peak, self.sigma, self.clip = float(peak), float(sigma), bool(clip)
         self.name = f"poisson_gaussian(peak={_fmt(self.peak)}, sigma={_fmt(self.sigma)})"
 
-    def __call__(self, img, rng):
+    def add(self, img, rng):
+        """The noise sample is taken before the clipping: z − img."""
         y = np.clip(img.detach().cpu().numpy().astype(np.float64), 0, None)
         z = rng.poisson(self.peak * y) / self.peak
         s = self.sigma / 255.0
         if s > 0:
             z = z + s * rng.standard_normal(z.shape)
+        noise = torch.from_numpy(z).to(img.dtype) - img
         if self.clip:
             z = np.clip(z, 0.0, 1.0)
         sigma = np.sqrt(y / self.peak + s * s)
-        return torch.from_numpy(z).to(img.dtype), torch.from_numpy(sigma).to(img.dtype)
+        return torch.from_numpy(z).to(img.dtype), torch.from_numpy(sigma).to(img.dtype), noise
 
 
 IMPULSE_KINDS = ("random_valued", "salt_pepper")
@@ -166,7 +204,7 @@ class ImpulseNoise(Noise):
         self.fractions, self.kind = choices, kind
         self.name = f"impulse({kind}, pc={'|'.join(_fmt(f) for f in choices)})"
 
-    def __call__(self, img, rng):
+    def corrupt(self, img, rng):
         pc = self.fractions[int(rng.integers(len(self.fractions)))] if len(self.fractions) > 1 else self.fractions[0]
         u = rng.random(img.shape[-2:])
         low = torch.from_numpy(u <= pc / 2)
@@ -195,7 +233,7 @@ class JpegNoise(Noise):
         q = self.quality
         self.name = f"jpeg(q={q[0]})" if q[0] == q[1] else f"jpeg(q~U{{{q[0]}..{q[1]}}})"
 
-    def __call__(self, img, rng):
+    def corrupt(self, img, rng):
         from PIL import Image
 
         q = int(rng.integers(self.quality[0], self.quality[1] + 1))
@@ -224,9 +262,9 @@ class MixtureNoise(Noise):
         self.components = [n for _, n in components]
         self.name = "mixture(" + ", ".join(f"{_fmt(w)}x{n.name}" for w, n in zip(self.weights, self.components)) + ")"
 
-    def __call__(self, img, rng):
+    def add(self, img, rng):
         i = min(int(np.searchsorted(np.cumsum(self.probs), rng.random(), side="right")), len(self.components) - 1)
-        return self.components[i](img, rng)
+        return self.components[i].add(img, rng)
 
 
 _TYPES = {

@@ -9,10 +9,10 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from data.datasets import RealDataset, TestDataset, TrainDataset, collate, pad_kernel
-from data.degrade import Degradation, blur, build_degradation, valid_crop
+from data.datasets import RealDataset, TestDataset, TrainDataset, augmented_copy, collate, pad_kernel
+from data.degrade import Degradation, blur, build_degradation, circular_blur, valid_crop
 from data.images import default_images, list_images, read_image
-from data.kernels import KernelSampler
+from data.kernels import KernelSampler, dihedral
 
 RNG = np.random.default_rng(0)
 
@@ -32,6 +32,20 @@ def test_circular_blur_equals_ndimage_wrap(ksize):
     assert out["y"].dtype == torch.float32 and np.abs(out["y"].double().numpy() - ref).max() < 1e-6
     assert torch.equal(out["x"], x) and out["k"].shape == (1,) + ksize
     assert abs(float(out["k"].sum()) - 1) < 1e-6 and torch.all(out["sigma"] == 0)
+
+
+def test_circular_blur_batches_strided_inputs_and_kernels_larger_than_the_image():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 36, 40, dtype=torch.float64, generator=g).transpose(-2, -1)  # 40×36, not contiguous
+    k = torch.rand(2, 1, 7, 4, dtype=torch.float64, generator=g)  # one kernel per image, even width
+    out = circular_blur(x, k)
+    for n in range(2):
+        ref = _ndimage_blur(x[n].numpy(), k[n, 0].numpy(), "wrap")
+        assert np.abs(out[n].numpy() - ref).max() < 1e-12
+    big = torch.rand(1, 1, 9, 8, dtype=torch.float64, generator=g)  # wraps around a 6×5 image more than once
+    small = torch.rand(1, 2, 6, 5, dtype=torch.float64, generator=g)
+    ref = _ndimage_blur(small[0].numpy(), big[0, 0].numpy(), "wrap")
+    assert np.abs(circular_blur(small, big)[0].numpy() - ref).max() < 1e-12
 
 
 @pytest.mark.parametrize("mode,nd_mode", [("replicate", "nearest"), ("symmetric", "reflect"),
@@ -87,6 +101,25 @@ def test_fixed_seed_degradation_is_reproducible_and_sampler_kernels_are_used():
     assert 0.9 < z.std() < 1.1  # what is left after the blur is noise with the returned σ-map
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_degradation_returns_the_noise_sample(clip):
+    x = torch.rand(3, 32, 28, generator=torch.Generator().manual_seed(3))
+    k = RNG.random((5, 5))
+    deg = Degradation(k, {"type": "regions", "layout": "four", "sigma_range": [20, 60]}, clip=clip)
+    out = deg(x, np.random.default_rng(4))
+    clean = _ndimage_blur(x.double().numpy(), k / k.sum(), "wrap")
+    noise = out["noise"].double().numpy()
+    assert out["noise"].shape == x.shape and out["noise"].dtype == x.dtype
+    z = noise / out["sigma"].double().numpy()  # the sample follows the σ-map ...
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.05
+    noisy = clean + noise  # ... and y is the blurred x plus exactly this sample, clipped afterwards if asked
+    assert np.abs(out["y"].double().numpy() - (np.clip(noisy, 0, 1) if clip else noisy)).max() < 1e-6
+    if clip:  # some pixels were clipped, and the sample is the one from before the clipping
+        assert ((noisy < 0) | (noisy > 1)).any()
+    batch = collate([out, deg(x, np.random.default_rng(5))])
+    assert batch["noise"].shape == (2, 3, 32, 28) and torch.equal(batch["noise"][0], out["noise"])
+
+
 def test_build_degradation_errors():
     with pytest.raises(KeyError, match=r"unknown key\(s\) \['kernel'\]"):
         build_degradation({"kernel": "x.mat"})
@@ -104,6 +137,10 @@ def test_super_resolution_degradation():
     out = deg(x, np.random.default_rng(0))
     assert out["x"].shape == (3, 32, 34) and out["y"].shape == (3, 16, 17) and out["scale"] == 2
     assert out["kinfo"].shape == (3,) and float(out["y"].min()) >= 0 and float(out["y"].max()) <= 1
+    assert out["noise"].shape == out["y"].shape  # the low-resolution noise sample
+    assert abs(float(out["noise"].std()) / (2.55 / 255) - 1) < 0.15  # 1632 samples: 1σ of the estimate 1.8 %
+    batch = collate([out, deg(x, np.random.default_rng(1))])
+    assert batch["kinfo"].shape == (2, 3) and batch["noise"].shape == (2, 3, 16, 17) and batch["scale"] == 2
 
 
 # ---------------------------------------------------------------- images
@@ -297,6 +334,14 @@ def test_real_dataset_pairs_by_name_or_order(tmp_path):
     (kernels / "zz.png").unlink()
     with pytest.raises(ValueError, match="cannot pair 2 images with 1 kernels"):
         RealDataset(photos, kernels=kernels)
+
+
+def test_augmented_copy_is_the_dihedral_transform_in_its_own_memory():
+    img = torch.rand(3, 7, 5, generator=torch.Generator().manual_seed(6))
+    for mode in range(8):
+        out = augmented_copy(img, mode)
+        assert torch.equal(out, dihedral(img, mode)) and out.is_contiguous()
+        assert out.untyped_storage().data_ptr() != img.untyped_storage().data_ptr()
 
 
 def test_items_do_not_alias_cached_images():

@@ -7,12 +7,57 @@ import pytest
 import torch
 from PIL import Image
 
+from scipy import stats
+
 from data import sigma_maps as SM
-from data.noise import build_noise
+from data.noise import build_noise, gaussian
 
 
 def _flat(c=1, h=128, w=128, value=0.5):
     return torch.full((c, h, w), value, dtype=torch.float32)
+
+
+def test_box_muller_sampler_is_standard_normal_and_seeded():
+    z = gaussian((5, 200, 201), np.random.default_rng(0)).double().numpy().ravel()  # odd count: a half pair
+    assert z.shape == (201000,)
+    # moments of 201k N(0, 1) draws: standard errors 0.0022 (mean), 0.0016 (std), 0.0055 (skew), 0.011 (kurt)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.008
+    assert abs(stats.skew(z)) < 0.025 and abs(stats.kurtosis(z)) < 0.05
+    assert stats.kstest(z, "norm").pvalue > 1e-3 and np.abs(z).max() < 5.7
+    pairs = gaussian((2, 100000), np.random.default_rng(1)).double().numpy()
+    assert abs(np.corrcoef(pairs[0], pairs[1])[0, 1]) < 0.015  # cos and sin of one radius: uncorrelated
+    assert abs(np.corrcoef(np.abs(pairs[0]), np.abs(pairs[1]))[0, 1]) < 0.015  # ... and independent
+    scaled = gaussian((3, 64, 64), np.random.default_rng(2), torch.float64, scale=0.25)
+    assert scaled.dtype == torch.float64 and abs(float(scaled.std()) / 0.25 - 1) < 0.03
+    a = gaussian((4, 5), np.random.default_rng(7))
+    assert a.dtype == torch.float32 and torch.equal(a, gaussian((4, 5), np.random.default_rng(7)))
+    assert not torch.equal(a, gaussian((4, 5), np.random.default_rng(8)))
+
+
+@pytest.mark.parametrize("spec", [{"type": "uniform", "sigma": 10}, {"type": "regions", "layout": "four"},
+                                  {"type": "sigma_map", "map": "peaks"},
+                                  {"type": "mixture", "components": [{"weight": 1, "noise": {"type": "regions"}}]}],
+                         ids=lambda s: s["type"])
+def test_gaussian_models_return_the_sample_they_add(spec):
+    x = torch.rand(3, 32, 30, generator=torch.Generator().manual_seed(0))
+    y, s, n = build_noise(spec).add(x, np.random.default_rng(5))
+    assert torch.equal(y, x + n)
+    z = n / s  # the sample divided by its σ-map is standard normal
+    assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.05
+    y2, s2 = build_noise(spec)(x, np.random.default_rng(5))  # __call__ gives the same draw
+    assert torch.equal(y2, y) and torch.equal(s2, s)
+
+
+def test_non_additive_models_report_noisy_minus_clean_and_poisson_before_clipping():
+    x = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(1))
+    y, _, n = build_noise({"type": "impulse", "fraction": 0.2}).add(x, np.random.default_rng(0))
+    assert torch.equal(n, y - x)
+    y, _, n = build_noise({"type": "poisson_gaussian", "peak": 4, "sigma": 30}).add(x, np.random.default_rng(0))
+    assert float(y.min()) >= 0 and float(y.max()) <= 1 and float((x + n).min()) < 0  # clipped y, unclipped n
+    inside = ((x + n) > 0) & ((x + n) < 1)
+    assert torch.allclose((x + n)[inside], y[inside], atol=1e-6)
+    y, s, n = build_noise(None).add(x, np.random.default_rng(0))
+    assert torch.equal(y, x) and not torch.any(n) and not torch.any(s)
 
 
 def test_awgn_fixed_sigma_statistics():
