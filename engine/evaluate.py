@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine import distributed as dist
+from models import resolve_model
 from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
                              maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
 from engine.protocols import Protocol, build_protocols, metric_color
@@ -55,7 +56,8 @@ def model_specs(cfg) -> List[ModelSpec]:
     if not main.pretrained:
         main.pretrained = default_weights_path(cfg["model"])
     stem = os.path.splitext(os.path.basename(main.pretrained))[0]
-    if stem != main.name and os.path.isfile(main.pretrained):
+    trainable = getattr(resolve_model(main.name), "trainable", True)   # baselines ignore weights files
+    if trainable and stem != main.name and os.path.isfile(main.pretrained):
         main.label = stem                          # e.g. "compact_nrlgdn" for an NRL_GDN checkpoint
     specs = [] if cfg["test_dataset"]["baselines_only"] else [main]
     for i, entry in enumerate(cfg["test_dataset"]["compare_models"]):

@@ -61,6 +61,7 @@ def test_evaluate_then_train_through_the_cli(tmp_path, capsys):
     train_args = ["--test_config", str(test_config),
                   "--set", "train_dataset.is_train=true", "--set", f"train_dataset.root_path={img_dir}",
                   "--set", f"train_dataset.kernel_path={kernel_path}", "--set", "train_dataset.patch_size=16",
+                  "--set", "train_dataset.degradation={}",   # kernels from kernel_path, not the 25×25 recipe
                   "--set", "train_dataset.batch_size=2", "--set", "train_dataset.num_workers=0",
                   "--set", "model.options={\"r_channels\": [4, 8, 8, 8], \"r_blocks\": 1, \"hd_channels\": 4, \"num_steps\": 1}",
                   "--set", f"model.model_save_file={tmp_path / 'weights'}",

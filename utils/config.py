@@ -456,7 +456,7 @@ def public(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def describe_schema() -> str:
-    """Markdown tables of every section and key (used to write docs/engine.md)."""
+    """Markdown tables of every section and key (used to write the README key tables)."""
     lines = []
     for section, spec in SCHEMA.items():
         lines += [f"#### `{section}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
