@@ -7,12 +7,12 @@ Families with losses of their own register them here (DSDNet, VIRNet).
 """
 from __future__ import annotations
 
-import difflib
-import importlib
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from models.registry import LazyRegistry
 
 LossResult = Tuple[torch.Tensor, Dict[str, float]]
 
@@ -61,7 +61,7 @@ class NRLGDNL1(PixelLoss):
         return loss, {"nrlgdn_l1": float(loss.detach())}
 
 
-_REGISTRY: Dict[str, Union[str, Callable]] = {
+LOSSES = LazyRegistry("loss", {
     "nrlgdn_l1": NRLGDNL1,
     "l1": lambda **o: PixelLoss("l1", **o),
     "mse": lambda **o: PixelLoss("mse", **o),
@@ -70,35 +70,22 @@ _REGISTRY: Dict[str, Union[str, Callable]] = {
     "dsdnet": "models.dsdnet_loss:DSDNetLoss",
     "virnet_denoise": "models.virnet_loss:VIRNetDenoiseLoss",
     "virnet_sisr": "models.virnet_loss:VIRNetSISRLoss",
-}
+})
 
 
-def register_loss(name: str, target: Union[str, Callable]) -> None:
+def register_loss(name: str, target) -> None:
     """Add a loss: a factory returning `fn(outputs, batch) -> (loss, logs)`, or "module:attr"."""
-    _REGISTRY[name] = target
+    LOSSES.register(name, target)
 
 
 def list_losses():
-    return sorted(_REGISTRY)
+    return LOSSES.names()
 
 
 def resolve_loss(name: str) -> Callable:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise KeyError(f"unknown loss '{name}'{hint}; known losses: {', '.join(list_losses())}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module_name, attr = target.split(":")
-        target = getattr(importlib.import_module(module_name), attr)
-        _REGISTRY[name] = target
-    return target
+    return LOSSES.resolve(name)
 
 
 def build_loss(name: str, **options) -> Callable[[dict, dict], LossResult]:
     """Build a registered loss; `options` go to its factory (e.g. weight=0.5)."""
-    factory = resolve_loss(name)
-    try:
-        return factory(**options)
-    except TypeError as err:
-        raise TypeError(f"loss '{name}': bad options {sorted(options)}: {err}") from None
+    return LOSSES.build(name, **options)
