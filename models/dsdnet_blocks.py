@@ -163,7 +163,21 @@ class TransposeUp(nn.Module):
         return self.m(torch.cat((self.u(x, output_size=skip.shape), skip), dim=1))
 
 
-class CGUNet(nn.Module):
+class _ResidualUNetStep(nn.Module):
+    """Shared path of the x-step networks: r = b − A x, a 3-level U-Net (d1..d3, bot, u3..u0, built by the
+    subclass) on the encoded residual, decoded into an image update. Returns (update, r)."""
+
+    def residual_update(self, ops, x, y, v, z, ui=None, uj=None):
+        residual = ops.right_hand_side(y, v, z, ui, uj) - ops.normal(x)
+        e0 = torch.cat(ops.encode(residual), dim=1)
+        e1 = self.d1(e0)
+        e2 = self.d2(e1)
+        e3 = self.d3(e2)
+        direction = self.u0(self.u1(self.u2(self.u3(self.bot(e3), e3), e2), e1), e0)
+        return ops.decode(direction[:, :self.nf_p], direction[:, self.nf_p:]), residual
+
+
+class CGUNet(_ResidualUNetStep):
     """One learned x-step: residual r = b − A x, a U-Net on the encoded residual, decoded update.
 
     It registers the stage's filter banks again as `conv_prior` / `conv_data` (shared modules), which
@@ -184,13 +198,8 @@ class CGUNet(nn.Module):
 
     def forward(self, x, y, v, z, blur, mp, md, mn, ui=None, uj=None):
         ops = QuadraticOperators(self.conv_prior, self.conv_data, blur, mp, md, mn)
-        residual = ops.right_hand_side(y, v, z, ui, uj) - ops.normal(x)
-        e0 = torch.cat(ops.encode(residual), dim=1)
-        e1 = self.d1(e0)
-        e2 = self.d2(e1)
-        e3 = self.d3(e2)
-        direction = self.u0(self.u1(self.u2(self.u3(self.bot(e3), e3), e2), e1), e0)
-        return x + ops.decode(direction[:, :self.nf_p], direction[:, self.nf_p:])
+        update, _ = self.residual_update(ops, x, y, v, z, ui, uj)
+        return x + update
 
 
 class _LayerNormBody(nn.Module):
@@ -264,7 +273,7 @@ class ShuffleUp(nn.Module):
         return x + self.m(self.n(x))
 
 
-class KryNet(nn.Module):
+class KryNet(_ResidualUNetStep):
     """DSDNet+'s x-step, one instance shared by all stages (the stage's filter banks are arguments):
     x + decode(UNet(encode(r))) + gamma·r with r = b − A x."""
 
@@ -279,10 +288,5 @@ class KryNet(nn.Module):
 
     def forward(self, conv_prior, conv_data, gamma, x, y, v, z, blur, mp, md, mn, ui=None, uj=None):
         ops = QuadraticOperators(conv_prior, conv_data, blur, mp, md, mn)
-        residual = ops.right_hand_side(y, v, z, ui, uj) - ops.normal(x)
-        e0 = torch.cat(ops.encode(residual), dim=1)
-        e1 = self.d1(e0)
-        e2 = self.d2(e1)
-        e3 = self.d3(e2)
-        direction = self.u0(self.u1(self.u2(self.u3(self.bot(e3), e3), e2), e1), e0)
-        return x + ops.decode(direction[:, :self.nf_p], direction[:, self.nf_p:]) + gamma * residual
+        update, residual = self.residual_update(ops, x, y, v, z, ui, uj)
+        return x + update + gamma * residual

@@ -45,7 +45,6 @@ def test_config_errors_in_process(capsys, args, expected):
 
 
 def test_evaluate_then_train_through_the_cli(tmp_path, capsys):
-    torch.set_num_threads(1)
     img_dir, kernel_path = make_tiny_data(str(tmp_path), n_images=2, size=32)
     test_config = tmp_path / "test.json"
     test_config.write_text(json.dumps({"test_dataset": {

@@ -23,8 +23,6 @@ VARIANTS = {"DSD_full": DSD_full, "DSD_light": DSD_light, "DSDplus_p": DSDplus_p
 PUBLISHED_COUNTS = {"DSD_full": 323_611_420, "DSD_light": 58_350_633, "DSDplus_p": 131_337_094,
                     "DSDplus_e": 14_636_868}
 
-torch.set_num_threads(1)
-
 
 def tiny_dsdnet(**kw):
     return DSDNet(**{"n_iter": 2, "nf_p": 4, "nf_d": 5, **kw})

@@ -46,7 +46,6 @@ def _config(folder, img_dir, kernel_path, **test):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    torch.set_num_threads(1)
     folder = str(tmp_path_factory.mktemp("eval"))
     img_dir, kernel_path = make_tiny_data(folder, n_images=2, size=40)
     return folder, img_dir, kernel_path

@@ -19,15 +19,6 @@ CONFIGS = {  # reference section title -> (factory, published parameter count)
 }
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # tiny convolutions run far faster on one thread than on an oversubscribed pool
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_denoiser(**kw):
     opts = dict(sigma_chn=1, n_feat=(8, 16), dep_S=3, n_resblocks=1, snet_width=8)
     opts.update(kw)

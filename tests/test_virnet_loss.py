@@ -10,14 +10,6 @@ from models.virnet_kernels import kernel_from_kinfo
 from models.virnet_loss import VIRNetDenoiseLoss, VIRNetSISRLoss, local_noise_variance
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def kl_invgamma_numeric(a, b_q, b_p):
     """KL(IG(a, b_q) ‖ IG(a, b_p)) by integrating q·log(q/p) over σ²."""
     q, p = stats.invgamma(a, scale=b_q), stats.invgamma(a, scale=b_p)
