@@ -54,6 +54,7 @@ def tiny_train_config(folder, img_dir, kernel_path, **train_options):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    torch.set_num_threads(1)   # module-scoped: runs before the per-test fixture; same threads as the resumed runs
     folder = str(tmp_path_factory.mktemp("train"))
     img_dir, kernel_path = make_tiny_data(folder)
     reference = train(tiny_train_config(os.path.join(folder, "ref"), img_dir, kernel_path))
