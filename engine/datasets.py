@@ -100,10 +100,16 @@ def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worke
 
     d = cfg["train_dataset"]
     gray = d["num_channels"] == 1
-    images = _images(d["root_path"], "train_dataset.root_path", gray, d["max_images"], default_images)
+    for key in ("paired", "mixup"):
+        if d[key] and d["task"] != "denoise":
+            raise ConfigError(f"train_dataset.{key}: needs task 'denoise' (no blur), the task is '{d['task']}'")
     try:
-        dataset = TrainDataset(images, d["patch_size"], degradation_spec(cfg, scale), seed=cfg["train_options"]["seed"],
-                               gray=gray, length=d["repeat"] * len(images))
+        if d["paired"]:
+            dataset = _paired_train_set(d, gray, cfg["train_options"]["seed"])
+        else:
+            images = _images(d["root_path"], "train_dataset.root_path", gray, d["max_images"], default_images)
+            dataset = TrainDataset(images, d["patch_size"], degradation_spec(cfg, scale),
+                                   seed=cfg["train_options"]["seed"], gray=gray, length=d["repeat"] * len(images))
     except ConfigError:
         raise
     except (KeyError, ValueError) as err:
@@ -115,6 +121,32 @@ def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worke
     return loader, sampler, dataset
 
 
+def _paired_train_set(d, gray: bool, seed: int):
+    from data.paired import PairedTrainDataset, find_pairs
+
+    if not d["root_path"]:
+        raise ConfigError("train_dataset.root_path: paired training needs a folder with noisy/ and gt/ images")
+    try:
+        pairs = find_pairs(d["root_path"])
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"train_dataset.root_path: {err}") from None
+    pairs = pairs[:d["max_images"]] if d["max_images"] else pairs
+    return PairedTrainDataset(pairs, d["patch_size"], seed=seed, gray=gray, length=d["repeat"] * len(pairs))
+
+
+def _real_noise_val_items(v, gray: bool) -> List[dict]:
+    """Validation pairs from a noisy/gt folder (val_dataset.paired) or from .mat blocks."""
+    if v["paired"]:
+        from data.paired import paired_items
+        try:
+            return paired_items(v["root_path"], gray, v["max_images"], v["patch_size"])
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"val_dataset.root_path: {err}") from None
+    from engine.noisy_blocks import MatBlocks
+    blocks = MatBlocks.from_config(v, gray, section="val_dataset")
+    return [blocks[i] for i in range(len(blocks))]
+
+
 def build_val_set(cfg, scale: Optional[int] = None):
     """A list of validation items (one kernel, fixed noise); `scale` is the model's SR factor, if any."""
     from data.datasets import TestDataset
@@ -124,6 +156,8 @@ def build_val_set(cfg, scale: Optional[int] = None):
 
     v = cfg["val_dataset"]
     gray = v["num_channels"] == 1
+    if v["paired"] or v["noisy_mat"] or v["clean_mat"]:
+        return _real_noise_val_items(v, gray)
     images = _images(v["root_path"], "val_dataset.root_path", gray, v["max_images"], default_test_images)
     task = task_of(cfg, "val_dataset")
     if task != "deblur" or v["degradation"]:

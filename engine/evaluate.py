@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from engine import distributed as dist
 from models import resolve_model
+from engine.ensemble import self_ensemble
 from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
                              maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
 from engine.protocols import Protocol, build_protocols, metric_color
@@ -80,13 +81,15 @@ def _to_device(batch, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _restore(model, batch, pad: int) -> Dict[str, Any]:
-    """Run a model; with pad > 0 replicate-pad the input, restore, and crop (real photos)."""
+def _restore(model, batch, pad: int, ensemble: bool = False) -> Dict[str, Any]:
+    """Run a model (×8 self-ensemble if asked); with pad > 0 replicate-pad the input, restore, and crop
+    (real photos)."""
+    run = self_ensemble if ensemble else run_model
     if pad <= 0:
-        return run_model(model, batch)
+        return run(model, batch)
     padded = dict(batch)
     padded["y"] = F.pad(batch["y"], [pad] * 4, mode="replicate")
-    out = run_model(model, padded)
+    out = run(model, padded)
     crop = lambda t: t[..., pad:t.shape[-2] - pad, pad:t.shape[-1] - pad]
     out = dict(out)
     out["x"] = crop(out["x"])
@@ -183,7 +186,7 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                                                     color=color, border=tcfg["border"], quantize=tcfg["quantize"])
             for spec, model in models:
                 with torch.no_grad():
-                    out = _restore(model, batch, protocol.pad(item))
+                    out = _restore(model, batch, protocol.pad(item), tcfg["self_ensemble"])
                 x = out["x"][0].float().clamp(0, 1).cpu()
                 restored[spec.title] = x
                 if tcfg["save_sigma_map"] and torch.is_tensor(out.get("sigma_map")):
@@ -227,7 +230,8 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     notes = [f"models: {', '.join(s.title + (f' ({s.pretrained})' if s.pretrained else '') for s, _ in models)}",
              f"task {task}" + (f" ×{tcfg['scale']} (`{BICUBIC}`: bicubic-upsampled input)" if task == "sisr" else ""),
              f"metrics on {color}, border {tcfg['border']}, outputs clamped to [0, 1]"
-             + (", 8-bit quantised" if tcfg["quantize"] else ""),
+             + (", 8-bit quantised" if tcfg["quantize"] else "")
+             + (", ×8 self-ensemble" if tcfg["self_ensemble"] else ""),
              _data_note(tcfg, task, protocols),
              f"wall time {result.seconds:.1f} s on {device}"]
     if result.records or result.step_curves:

@@ -19,33 +19,34 @@ from utils.config import ConfigError
 _SIDD_FILES = {"noisy_mat": "ValidationNoisyBlocksSrgb.mat", "clean_mat": "ValidationGtBlocksSrgb.mat"}
 
 
-def _read_blocks(path: str, key: str, hint: tuple) -> np.ndarray:
+def _read_blocks(path: str, key: str, hint: tuple, section: str = "test_dataset") -> np.ndarray:
     import scipy.io
 
+    sidd_file, key = _SIDD_FILES[key], f"{section}.{key}"
     if not path:
-        raise ConfigError(f"test_dataset.{key}: is_test_real with task 'denoise' reads real noisy/clean blocks; "
-                          f"set {key} to a .mat file (SIDD: {_SIDD_FILES[key]})")
+        raise ConfigError(f"{key}: real-noise evaluation reads noisy/clean blocks; set it to a .mat file "
+                          f"(SIDD: {sidd_file})")
     if not os.path.isfile(path):
-        raise ConfigError(f"test_dataset.{key}: .mat file of blocks not found: '{path}'")
+        raise ConfigError(f"{key}: .mat file of blocks not found: '{path}'")
     try:
         data = scipy.io.loadmat(path)
     except NotImplementedError:
-        raise ConfigError(f"test_dataset.{key}: {path} is a MATLAB v7.3 (HDF5) file; save it with '-v7'") from None
+        raise ConfigError(f"{key}: {path} is a MATLAB v7.3 (HDF5) file; save it with '-v7'") from None
     except Exception as err:  # scipy raises several types for corrupt files
-        raise ConfigError(f"test_dataset.{key}: cannot read {path} ({err})") from None
+        raise ConfigError(f"{key}: cannot read {path} ({err})") from None
     names = [n for n in data if not n.startswith("__")]
     if len(names) != 1:
         named = [n for n in names if any(h in n.lower() for h in hint)]
         if len(named) != 1:
-            raise ConfigError(f"test_dataset.{key}: {path} holds variables {names}; expected one, or one whose "
+            raise ConfigError(f"{key}: {path} holds variables {names}; expected one, or one whose "
                               f"name contains {' or '.join(repr(h) for h in hint)}")
         names = named
     blocks = np.asarray(data[names[0]])
     if blocks.ndim < 4 or blocks.shape[-1] not in (1, 3):
-        raise ConfigError(f"test_dataset.{key}: variable '{names[0]}' in {path} has shape {blocks.shape}; "
+        raise ConfigError(f"{key}: variable '{names[0]}' in {path} has shape {blocks.shape}; "
                           "expected …×H×W×C blocks with C = 1 or 3 (SIDD: 40×32×256×256×3)")
     if not (blocks.dtype == np.uint8 or np.issubdtype(blocks.dtype, np.floating)):
-        raise ConfigError(f"test_dataset.{key}: variable '{names[0]}' in {path} is {blocks.dtype}; "
+        raise ConfigError(f"{key}: variable '{names[0]}' in {path} is {blocks.dtype}; "
                           "expected uint8 or float in [0, 1]")
     return blocks
 
@@ -53,9 +54,10 @@ def _read_blocks(path: str, key: str, hint: tuple) -> np.ndarray:
 class MatBlocks:
     """Noisy/clean block pairs from two .mat files, one test item per block."""
 
-    def __init__(self, noisy: np.ndarray, clean: np.ndarray, gray: bool = False, max_images: int = 0):
+    def __init__(self, noisy: np.ndarray, clean: np.ndarray, gray: bool = False, max_images: int = 0,
+                 section: str = "test_dataset"):
         if noisy.shape != clean.shape:
-            raise ConfigError(f"test_dataset.noisy_mat / clean_mat: block arrays differ in shape "
+            raise ConfigError(f"{section}.noisy_mat / clean_mat: block arrays differ in shape "
                               f"({noisy.shape} vs {clean.shape})")
         self.grid = noisy.shape[:-3]                           # e.g. (40, 32) for SIDD
         self.noisy = noisy.reshape((-1,) + noisy.shape[-3:])
@@ -64,10 +66,10 @@ class MatBlocks:
         self.gray = gray
 
     @classmethod
-    def from_config(cls, tcfg, gray: bool) -> "MatBlocks":
-        noisy = _read_blocks(tcfg["noisy_mat"], "noisy_mat", ("noisy",))
-        clean = _read_blocks(tcfg["clean_mat"], "clean_mat", ("gt", "clean"))
-        return cls(noisy, clean, gray, tcfg["max_images"])
+    def from_config(cls, tcfg, gray: bool, section: str = "test_dataset") -> "MatBlocks":
+        noisy = _read_blocks(tcfg["noisy_mat"], "noisy_mat", ("noisy",), section)
+        clean = _read_blocks(tcfg["clean_mat"], "clean_mat", ("gt", "clean"), section)
+        return cls(noisy, clean, gray, tcfg["max_images"], section)
 
     def __len__(self) -> int:
         return self.count

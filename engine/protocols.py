@@ -210,9 +210,7 @@ def build_protocols(cfg) -> List[Protocol]:
     protocols = protocol_list(tcfg, task)
     gray = tcfg["num_channels"] == 1
     if protocols[0].kind == "real_noise":
-        from engine.noisy_blocks import MatBlocks
-
-        protocols[0].dataset = MatBlocks.from_config(tcfg, gray)
+        protocols[0].dataset = _real_noise_set(tcfg, gray)
         return protocols
     if protocols[0].kind == "real":
         folder = os.path.join(tcfg["root_path"], tcfg["test_data"])
@@ -239,3 +237,19 @@ def build_protocols(cfg) -> List[Protocol]:
         p.dataset = _Selected(ds, indices)
         p.image_names = list(ds.images.names)
     return protocols
+
+
+def _real_noise_set(tcfg, gray: bool):
+    """Real noisy/clean test pairs: .mat blocks (noisy_mat/clean_mat), else the folder root_path/test_data
+    with noisy/ and gt/ images."""
+    from engine.noisy_blocks import MatBlocks
+
+    if tcfg["noisy_mat"] or tcfg["clean_mat"] or not tcfg["test_data"]:
+        return MatBlocks.from_config(tcfg, gray)
+    from data.paired import paired_items
+
+    folder = os.path.join(tcfg["root_path"], tcfg["test_data"])
+    try:
+        return paired_items(folder, gray, tcfg["max_images"])
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"test_dataset.test_data: {err}") from None

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from data.mixup import mixup_batch, mixup_rng
 from engine import distributed as dist
 from engine.checkpoint import export_weights, load_training_state, read_checkpoint, save_training_state
 from engine.datasets import build_train_loader, build_val_set
@@ -230,6 +231,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
     val_set = build_val_set(cfg, scale) if (opts["epoch_val"] and dist.is_main()) else None
     wrapped = dist.wrap_model(model, device, dist.usable_device_ids(device, opts["device_ids"]))
     clip_own = hasattr(model, "clip_gradients")
+    mixup = cfg["train_dataset"]["mixup"]
     result = TrainResult(status="completed", run_dir=run_dir, model=model)
     config_snapshot = public(cfg)
 
@@ -257,6 +259,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
                     break
                 wrapped.train()
                 batch = _to_device(batch, device)
+                if mixup:
+                    batch = mixup_batch(batch, mixup_rng(opts["seed"] + dist.rank(), step))
                 optimizer.zero_grad(set_to_none=True)
                 with _autocast(device, opts["amp"]):
                     outputs = run_model(wrapped, batch)

@@ -76,6 +76,12 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                            "blur null; `sisr` blur `symmetric`, clip true (and, when empty, VIRNet's SR recipe at "
                            "the model's scale: `sr_gaussian` 21×21 kernels, noise U(sigma_min, sigma_max))."),
         "task": Key("deblur", "str", "Restoration task. " + _TASK_DOC, choices=TASKS),
+        "paired": Key(False, "bool", "Task `denoise`, real noise: root_path holds `noisy/` and `gt/` (or `clean/`) "
+                      "folders of images with equal names (VIRNet's SIDD patches); both get the same crop and "
+                      "flip/rotation and no synthetic degradation is applied (VIRNet loss: prior `residual`)."),
+        "mixup": Key(False, "bool", "Task `denoise`: MixUp each batch, λ ~ Beta(0.6, 0.6) per sample with a "
+                     "permuted partner, on y and x (a true σ-map becomes sqrt(λ²σ² + (1−λ)²σ'²)); VIRNet's "
+                     "real-noise training uses it."),
     },
     "val_dataset": {
         "root_path": Key("", "str", _PUB + "Folder of validation images. Empty: the embedded default "
@@ -100,6 +106,11 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                            "defaults as train_dataset.degradation); non-empty replaces kernel_path, "
                            "kernel_index, noise_level, sigma_map_type and protocol. Image i is degraded "
                            "with the generator seeded by (0, i), so validation data never changes."),
+        "paired": Key(False, "bool", "Real-noise validation: root_path holds `noisy/` and `gt/` folders of "
+                      "images with equal names (see train_dataset.paired); max_images and patch_size apply."),
+        "noisy_mat": Key("", "str", "Real-noise validation on .mat blocks (SIDD `ValidationNoisyBlocksSrgb.mat`, "
+                         "as test_dataset.noisy_mat); needs clean_mat; max_images limits the blocks."),
+        "clean_mat": Key("", "str", "The ground-truth blocks matching val_dataset.noisy_mat."),
     },
     "model": {
         "model_select": Key("NRL_GDN", "str", _PUB + "Registered model name (`models.list_models()`): "
@@ -250,9 +261,13 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                                        "(INTER_NEAREST_EXACT, VIRNet).", choices=("bilinear", "nearest")),
         "noisy_mat": Key("", "str", "Task `denoise` with is_test_real: .mat file of noisy blocks "
                          "(SIDD `ValidationNoisyBlocksSrgb.mat`: 40×32×256×256×3 uint8; any …×H×W×C array, "
-                         "uint8 or float in [0, 1]); the only variable, or the one whose name contains 'noisy'."),
+                         "uint8 or float in [0, 1]); the only variable, or the one whose name contains 'noisy'. "
+                         "Empty: the paired folder root_path/test_data with `noisy/` and `gt/` images."),
         "clean_mat": Key("", "str", "The matching ground-truth blocks (SIDD `ValidationGtBlocksSrgb.mat`), "
                          "same shape as noisy_mat."),
+        "self_ensemble": Key(False, "bool", "Restore each input under the 8 flips/rotations (the kernel "
+                             "transformed alike) and average the inverse-transformed outputs "
+                             "(VIRNet's `--flip` real-noise results); 8× the time."),
     },
 }
 TRAIN_SECTIONS = ("train_dataset", "val_dataset", "model", "optimizer", "multi_step_lr", "scheduler",

@@ -1,0 +1,105 @@
+"""Real-noise training and validation pairs: `<root>/noisy/NAME` with `<root>/gt/NAME`.
+
+This is the folder layout of VIRNet's SIDD training patches (noisy and ground-truth PNGs with equal
+names in sibling folders). A training item is the same random crop and the same flip/rotation of both
+images, drawn from `default_rng([seed, epoch, index])` like `TrainDataset`, so it does not depend on
+worker count or resumption. Items carry y (noisy), x (clean) and k (the 1×1 identity: no blur).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.datasets import ImageSource, augmented_copy, random_crop
+from data.images import list_images
+
+NOISY_DIR = "noisy"
+CLEAN_DIRS = ("gt", "clean")
+
+
+def find_pairs(root) -> List[Tuple[Path, Path]]:
+    """(noisy, clean) paths under `root`: every image in `root/noisy` with its namesake in `root/gt`
+    (or `root/clean`)."""
+    root = Path(root)
+    noisy_dir = root / NOISY_DIR
+    clean_dir = next((root / d for d in CLEAN_DIRS if (root / d).is_dir()), None)
+    if not noisy_dir.is_dir() or clean_dir is None:
+        raise FileNotFoundError(f"paired data in '{root}': expected sub-folders '{NOISY_DIR}/' and "
+                                f"'{CLEAN_DIRS[0]}/' (or '{CLEAN_DIRS[1]}/') holding images with equal names")
+    noisy = list_images(noisy_dir)
+    clean = {p.name: p for p in list_images(clean_dir)}
+    missing = [p.name for p in noisy if p.name not in clean]
+    if missing:
+        raise FileNotFoundError(f"paired data in '{root}': {len(missing)} noisy image(s) have no ground truth "
+                                f"in '{clean_dir}', e.g. '{missing[0]}'")
+    return [(p, clean[p.name]) for p in noisy]
+
+
+class PairedImages:
+    """Noisy/clean image pairs, read on demand (optionally cached) and checked for equal sizes."""
+
+    def __init__(self, pairs, gray: bool = False, cache: bool = False):
+        pairs = list(pairs)
+        if not pairs:
+            raise ValueError("no noisy/clean pairs given")
+        self.noisy = ImageSource([n for n, _ in pairs], gray, cache)
+        self.clean = ImageSource([c for _, c in pairs], gray, cache)
+        self.names = self.noisy.names
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        y, x = self.noisy[i], self.clean[i]
+        if y.shape != x.shape:
+            raise ValueError(f"pair '{self.names[i]}': noisy image is {tuple(y.shape)} but its ground truth is "
+                             f"{tuple(x.shape)}")
+        return y, x
+
+
+class PairedTrainDataset(Dataset):
+    """Random crops (shared by the noisy and the clean image) with shared 8-way augmentation."""
+
+    def __init__(self, pairs, patch_size: int, seed: int = 123, gray: bool = False, augment: bool = True,
+                 length: int | None = None, cache: bool = False):
+        self.pairs = pairs if isinstance(pairs, PairedImages) else PairedImages(pairs, gray, cache)
+        self.patch_size = int(patch_size)
+        self.seed, self.augment, self.epoch = int(seed), bool(augment), 0
+        self.length = len(self.pairs) if length is None else int(length)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of {self.length}")
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        y, x = self.pairs[index % len(self.pairs)]
+        both = random_crop(torch.cat([y, x]), self.patch_size, rng)
+        mode = int(rng.integers(8)) if self.augment else 0
+        both = augmented_copy(both, mode)
+        c = y.shape[0]
+        return {"x": both[c:], "y": both[:c], "k": torch.ones(1, 1, 1)}
+
+
+def paired_items(root, gray: bool = False, max_images: int = 0, patch_size: int = 0) -> List[dict]:
+    """Validation/test items of a paired folder (whole images, or centre crops of `patch_size`)."""
+    pairs = find_pairs(root)
+    images = PairedImages(pairs[:max_images] if max_images else pairs, gray)
+    items = []
+    for i in range(len(images)):
+        y, x = images[i]
+        if patch_size:
+            h, w = y.shape[-2:]
+            top, left = max(0, (h - patch_size) // 2), max(0, (w - patch_size) // 2)
+            y, x = (t[..., top:top + patch_size, left:left + patch_size] for t in (y, x))
+        items.append({"x": x, "y": y, "k": torch.ones(1, 1, 1), "name": Path(images.names[i]).stem,
+                      "image_index": i})
+    return items
