@@ -82,16 +82,11 @@ def augmented_copy(img: torch.Tensor, mode: int) -> torch.Tensor:
     return torch.from_numpy(np.array(view, order="C"))
 
 
-class TrainDataset(Dataset):
-    """Random crop + 8-way augmentation + on-the-fly degradation of a set of training images."""
+class EpochSeededDataset(Dataset):
+    """`length` training items; item `index` of epoch e draws from default_rng([seed, e, index])."""
 
-    def __init__(self, images, patch_size, degradation, seed: int = 123, gray: bool = False,
-                 augment: bool = True, length: int | None = None, cache: bool = False):
-        self.images = ImageSource(images, gray, cache)
-        self.patch_size = None if patch_size is None else int(patch_size)
-        self.degradation = degradation if callable(degradation) else build_degradation(degradation)
-        self.seed, self.augment, self.epoch = int(seed), bool(augment), 0
-        self.length = len(self.images) if length is None else int(length)
+    def __init__(self, seed: int, length: int, augment: bool = True):
+        self.seed, self.length, self.augment, self.epoch = int(seed), int(length), bool(augment), 0
 
     def set_epoch(self, epoch: int):
         self.epoch = int(epoch)
@@ -100,11 +95,22 @@ class TrainDataset(Dataset):
         return self.length
 
     def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
-    def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+class TrainDataset(EpochSeededDataset):
+    """Random crop + 8-way augmentation + on-the-fly degradation of a set of training images."""
+
+    def __init__(self, images, patch_size, degradation, seed: int = 123, gray: bool = False,
+                 augment: bool = True, length: int | None = None, cache: bool = False):
+        self.images = ImageSource(images, gray, cache)
+        super().__init__(seed, len(self.images) if length is None else length, augment)
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.degradation = degradation if callable(degradation) else build_degradation(degradation)
+
+    def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         img = self.images[index % len(self.images)]
         if self.patch_size is not None:

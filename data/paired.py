@@ -10,11 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
-
-from data.datasets import ImageSource, augmented_copy, random_crop
+from data.datasets import EpochSeededDataset, ImageSource, augmented_copy, random_crop
 from data.images import list_images
 
 NOISY_DIR = "noisy"
@@ -61,26 +58,17 @@ class PairedImages:
         return y, x
 
 
-class PairedTrainDataset(Dataset):
+class PairedTrainDataset(EpochSeededDataset):
     """Random crops (shared by the noisy and the clean image) with shared 8-way augmentation."""
 
     def __init__(self, pairs, patch_size: int, seed: int = 123, gray: bool = False, augment: bool = True,
                  length: int | None = None, cache: bool = False):
         self.pairs = pairs if isinstance(pairs, PairedImages) else PairedImages(pairs, gray, cache)
+        super().__init__(seed, len(self.pairs) if length is None else length, augment)
         self.patch_size = int(patch_size)
-        self.seed, self.augment, self.epoch = int(seed), bool(augment), 0
-        self.length = len(self.pairs) if length is None else int(length)
-
-    def set_epoch(self, epoch: int):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return self.length
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of {self.length}")
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = self.rng(index)
         y, x = self.pairs[index % len(self.pairs)]
         both = random_crop(torch.cat([y, x]), self.patch_size, rng)
         mode = int(rng.integers(8)) if self.augment else 0
