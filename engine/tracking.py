@@ -22,7 +22,7 @@ class _NoProgress:
 
 class RunLogger:
     def __init__(self, run_dir: str, log_file: str, enabled: bool = True, tensorboard: bool = True):
-        self.enabled = enabled
+        self.enabled, self.run_dir = enabled, run_dir
         self.writer = None
         self._text = self._history = None
         if not enabled:
@@ -58,6 +58,17 @@ class RunLogger:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
+
+    def plot_curves(self, title: str = "") -> str:
+        """curves.png in the run folder: loss and validation PSNR so far (from history.jsonl)."""
+        if not self.enabled:
+            return ""
+        from utils.figures import plot_training_curves
+
+        with open(os.path.join(self.run_dir, "history.jsonl"), encoding="utf-8") as f:
+            history = [json.loads(line) for line in f if line.strip()]
+        path, _ = plot_training_curves(os.path.join(self.run_dir, "curves.png"), history, title or None)
+        return path
 
     def image(self, tag: str, image_chw, step: int) -> None:
         if self.enabled and self.writer is not None and image_chw is not None:

@@ -321,6 +321,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
                 val_psnr, grid = validate(model, val_set, device, cfg)
                 log.scalars({"psnr_val": val_psnr}, step, epoch)
                 log.image("validation (degraded | restored | ground truth)", grid, step)
+                log.plot_curves(f"{_run_name(cfg)} · {spec.name}")
                 if best is None or val_psnr > best:
                     best = val_psnr
                     save(best_path, epoch, 0)

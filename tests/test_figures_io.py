@@ -139,3 +139,15 @@ def test_plot_psnr_per_step(tmp_path):
         plot_psnr_per_step(tmp_path / "x.png", {})
     with pytest.raises(ValueError, match="'peaks' is empty"):
         plot_psnr_per_step(tmp_path / "x.png", {"peaks": []})
+
+
+def test_training_curves_keep_the_last_value_of_a_resumed_step(tmp_path):
+    from utils.figures import plot_training_curves
+
+    history = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}, {"step": 2, "psnr_val": 20.0},
+               {"step": 2, "loss": 0.3}, {"step": 3, "loss": 0.2, "psnr_val": 21.5}, {"note": "no step"}]
+    path, series = plot_training_curves(tmp_path / "curves.png", history, "run")
+    assert series == {"loss": {1: 0.5, 2: 0.3, 3: 0.2}, "psnr_val": {2: 20.0, 3: 21.5}}
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no 'loss' or 'psnr_val' records"):
+        plot_training_curves(tmp_path / "empty.png", [{"step": 1, "lr": 0.1}])

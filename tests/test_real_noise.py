@@ -157,6 +157,7 @@ def test_real_noise_config_trains_with_mixup_and_tests_with_self_ensemble(tmp_pa
     result = train(cfg)
     assert result.status == "completed" and len(result.history) == 4
     assert all(np.isfinite(h["loss"]) for h in result.history) and os.path.isfile(result.best_checkpoint)
+    assert os.path.isfile(os.path.join(result.run_dir, "curves.png"))          # drawn at each validation
     cfg["model"]["pretrained"] = result.exported
     evaluated = evaluate(cfg, verbose=False)
     rows = [r for r in evaluated.records if r["model"] == "virnet_denoise_real"]

@@ -154,3 +154,42 @@ def plot_psnr_per_step(path, curves: dict, title: str | None = None, ylabel: str
         ax.set_title(title, fontsize=9)
     fig.tight_layout(pad=0.4)
     return _save(fig, path, dpi)
+
+
+def plot_training_curves(path, history, title: str | None = None, dpi: int = 100):
+    """Training loss and validation PSNR against the optimizer step, from history records
+    ({"step", "loss"?, "psnr_val"?, ...}); a step logged twice (a resumed run) keeps its last value."""
+    series = {"loss": {}, "psnr_val": {}}
+    for record in history:
+        for key, values in series.items():
+            if key in record and "step" in record:
+                values[int(record["step"])] = float(record[key])
+    if not series["loss"] and not series["psnr_val"]:
+        raise ValueError("plot_training_curves: no 'loss' or 'psnr_val' records in the history")
+    fig = _new_figure(7.0, 2.8)
+    left, right = fig.subplots(1, 2)
+    for ax, key, label in ((left, "loss", "training loss"), (right, "psnr_val", "validation PSNR (dB)")):
+        steps = sorted(series[key])
+        values = [series[key][s] for s in steps]
+        if key == "loss" and len(values) >= 10:      # single-batch losses are noisy: add a running mean
+            ax.plot(steps, values, linewidth=0.6, alpha=0.35)
+            width = max(3, len(values) // 10)
+            smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+            ax.plot(steps[width - 1:], smooth, linewidth=1.4, label=f"mean of {width}")
+            ax.legend(fontsize=7)
+        elif values:
+            ax.plot(steps, values, marker="o" if key == "psnr_val" else None, markersize=3, linewidth=1)
+        if key == "loss" and values and min(values) > 0:
+            ax.set_yscale("log")
+        if key == "psnr_val" and values:
+            best = int(np.argmax(values))
+            ax.plot(steps[best], values[best], marker="*", markersize=9)
+            ax.annotate(f"{values[best]:.2f}", (steps[best], values[best]), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10))
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.4)
+    return _save(fig, path, dpi), series
