@@ -79,7 +79,7 @@ def dnd_submission(cfg, dnd_dir: str, out_dir: str, verbose: bool = True) -> Lis
     """Denoise DND with the config's `model` section (test_dataset.self_ensemble applies); returns the
     bundle paths written by this call."""
     from engine import distributed as dist
-    from engine.evaluate import _restore, load_models
+    from engine.evaluate import load_models, restore
 
     device = dist.select_device(cfg["train_options"]["disable_cuda"], cfg["train_options"]["device_ids"])
     (spec, model), *others = load_models(cfg, device)
@@ -95,7 +95,7 @@ def dnd_submission(cfg, dnd_dir: str, out_dir: str, verbose: bool = True) -> Lis
         for block in blocks:
             y = torch.from_numpy(np.ascontiguousarray(block.transpose(2, 0, 1)))[None].to(device)
             with torch.no_grad():
-                out = _restore(model, {"y": y, "k": torch.ones(1, 1, 1, 1, device=device)}, 0,
+                out = restore(model, {"y": y, "k": torch.ones(1, 1, 1, 1, device=device)}, 0,
                                cfg["test_dataset"]["self_ensemble"])
             restored.append(out["x"][0].float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0))
         written.append(write_bundle(out_dir, number, restored))

@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine import distributed as dist
-from models import resolve_model
 from engine.ensemble import self_ensemble
 from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
                              maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
 from engine.protocols import Protocol, build_protocols, metric_color
-from engine.tasks import check_model_for_task, task_of
 from engine.reporting import overall_markdown, protocol_markdown, summarize, write_reports
+from engine.tasks import check_model_for_task, task_of
+from models import resolve_model
 from utils.config import ConfigError, public
 from utils.io import save_image
 from utils.metrics import evaluate_pair, psnr
@@ -81,7 +81,7 @@ def _to_device(batch, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _restore(model, batch, pad: int, ensemble: bool = False) -> Dict[str, Any]:
+def restore(model, batch, pad: int, ensemble: bool = False) -> Dict[str, Any]:
     """Run a model (×8 self-ensemble if asked); with pad > 0 replicate-pad the input, restore, and crop
     (real photos)."""
     run = self_ensemble if ensemble else run_model
@@ -186,7 +186,7 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                                                     color=color, border=tcfg["border"], quantize=tcfg["quantize"])
             for spec, model in models:
                 with torch.no_grad():
-                    out = _restore(model, batch, protocol.pad(item), tcfg["self_ensemble"])
+                    out = restore(model, batch, protocol.pad(item), tcfg["self_ensemble"])
                 x = out["x"][0].float().clamp(0, 1).cpu()
                 restored[spec.title] = x
                 if tcfg["save_sigma_map"] and torch.is_tensor(out.get("sigma_map")):

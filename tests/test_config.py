@@ -177,3 +177,18 @@ def test_docs_list_every_key():
     missing = [f"{s}.{k}" for s, spec in SCHEMA.items() for k in spec
                if f"#### `{s}`" not in written or f"| `{k}` |" not in written]
     assert not missing, f"README.md does not document {missing}"
+
+
+def test_compact_recipe_chains_stage_1_into_stage_2_into_the_default_run():
+    from models import build_model, load_pretrained
+
+    def cfg(name):
+        return load_config(os.path.join(ROOT, "configs", name), None)
+
+    stage1, stage2, default = cfg("train_compact_stage1.json"), cfg("train_compact.json"), cfg("traincolor.json")
+    export = lambda c: os.path.join(c["model"]["model_save_file"], c["train_options"]["run_name"] + ".pth")
+    assert stage2["model"]["init_from"] == export(stage1)
+    assert default["model"]["pretrained"] == export(stage2)
+    assert stage1["model"]["options"] == stage2["model"]["options"] == default["model"]["options"]
+    for path in (export(stage1), export(stage2)):        # the shipped files load strictly with those options
+        load_pretrained(build_model("NRL_GDN", **default["model"]["options"]), os.path.join(ROOT, path))
