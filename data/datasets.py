@@ -75,6 +75,13 @@ def random_crop(img: torch.Tensor, size: int, rng: np.random.Generator) -> torch
     return img[..., top:top + size, left:left + size]
 
 
+def centre_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size×size window (the whole side where the image is smaller)."""
+    h, w = img.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[..., top:top + size, left:left + size]
+
+
 def augmented_copy(img: torch.Tensor, mode: int) -> torch.Tensor:
     """A new contiguous tensor holding `dihedral(img, mode)`: one strided copy (numpy views can flip
     and transpose for free, torch would copy for each flip), never aliasing a cached image."""

@@ -3,7 +3,8 @@
 Every sample i is blended with sample perm[i] of the same batch: x ← λx + (1−λ)x', y ← λy + (1−λ)y'
 with λ ~ Beta(0.6, 0.6) per sample. The blend stays a valid denoising pair because there is no blur;
 its noise is λn + (1−λ)n', so a true σ-map, when the batch has one, becomes sqrt(λ²σ² + (1−λ)²σ'²)
-(independent noise; a sample drawn as its own partner keeps σ). Randomness comes from a caller-seeded numpy generator: a resumed run mixes alike.
+(independent noise; a sample drawn as its own partner keeps σ). Randomness comes from a caller-seeded
+numpy generator: a resumed run mixes alike.
 """
 from __future__ import annotations
 
@@ -47,4 +48,3 @@ def mixup_batch(batch: Dict, rng: np.random.Generator, beta: float = BETA) -> Di
         itself = (perm == torch.arange(n, device=perm.device)).view_as(lam_s)   # λn + (1−λ)n = n
         out["sigma"] = torch.where(itself, s, blended)
     return out
-

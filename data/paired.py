@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 import torch
-from data.datasets import EpochSeededDataset, ImageSource, augmented_copy, random_crop
+
+from data.datasets import EpochSeededDataset, ImageSource, augmented_copy, centre_crop, random_crop
 from data.images import list_images
 
 NOISY_DIR = "noisy"
@@ -85,9 +86,7 @@ def paired_items(root, gray: bool = False, max_images: int = 0, patch_size: int 
     for i in range(len(images)):
         y, x = images[i]
         if patch_size:
-            h, w = y.shape[-2:]
-            top, left = max(0, (h - patch_size) // 2), max(0, (w - patch_size) // 2)
-            y, x = (t[..., top:top + patch_size, left:left + patch_size] for t in (y, x))
+            y, x = centre_crop(y, patch_size), centre_crop(x, patch_size)
         items.append({"x": x, "y": y, "k": torch.ones(1, 1, 1), "name": Path(images.names[i]).stem,
                       "image_index": i})
     return items

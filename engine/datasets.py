@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from data.datasets import centre_crop
 from utils.config import ConfigError
 
 
@@ -172,7 +173,7 @@ def build_val_set(cfg, scale: Optional[int] = None):
         raise ConfigError(f"val_dataset.kernel_index: {v['kernel_index']} is out of range for "
                           f"{len(kernels)} kernels in '{v['kernel_path'] or 'the embedded default kernels'}'")
     if v["patch_size"]:
-        images = [(n, _centre_crop(img, v["patch_size"])) for n, img in _named(images, gray)]
+        images = [(n, centre_crop(img, v["patch_size"])) for n, img in _named(images, gray)]
     noise = ({"type": "sigma_map", "map": v["sigma_map_type"], "range": cfg["test_dataset"]["sigma_map_range"]}
              if v["sigma_map_type"] else {"type": "uniform", "sigma": v["noise_level"]})
     protocol = dict(v["protocol"])
@@ -197,7 +198,7 @@ def _degraded_items(cfg, task: str, images, gray: bool, scale: Optional[int]) ->
     items = []
     for i, (name, img) in enumerate(_named(images, gray)):
         if v["patch_size"]:
-            img = _centre_crop(img, v["patch_size"])
+            img = centre_crop(img, v["patch_size"])
         try:
             item = degradation(img.clone(), np.random.default_rng([0, i]))
         except ValueError as err:
@@ -215,9 +216,3 @@ def _named(images, gray: bool):
             yield item
         else:
             yield os.path.splitext(os.path.basename(str(item)))[0], read_image(item, gray)
-
-
-def _centre_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = img.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return img[..., top:top + size, left:left + size]
