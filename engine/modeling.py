@@ -11,6 +11,7 @@ import torch.nn as nn
 from engine.checkpoint import read_checkpoint
 from engine.distributed import unwrap
 from models import build_model, load_pretrained
+from models.growth import load_grown
 from utils.config import ConfigError
 
 
@@ -141,13 +142,16 @@ def maybe_record_steps(model: nn.Module, enable: bool) -> bool:
     return False
 
 
-def load_initial_weights(model: nn.Module, path: Optional[str]) -> None:
+def load_initial_weights(model: nn.Module, path: Optional[str], grow: bool = False) -> None:
     if not path:
         return
     if not os.path.isfile(path):
         raise ConfigError(f"model.init_from: initial weights not found: '{path}'")
     try:
-        load_pretrained(model, path)
+        if grow:
+            load_grown(model, path)
+        else:
+            load_pretrained(model, path)
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.init_from: '{path}' does not fit the model: {first}") from None

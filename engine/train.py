@@ -183,7 +183,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
         check_model_for_task(model, cfg["train_dataset"]["task"], 1, "train_dataset.task")
     if cfg["model"]["init"] == "kaiming":
         kaiming_init(model)
-    load_initial_weights(model, cfg["model"]["init_from"])
+    load_initial_weights(model, cfg["model"]["init_from"], cfg["model"]["init_grow"])
     model.to(device)
     loss_name = cfg["model"]["loss"] or getattr(model, "default_loss", None) or "l1"
     try:

@@ -128,6 +128,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                           "the published location). Not used for training."),
         "init_from": Key("", "str", "Training only: start from these weights (fine-tuning); empty: fresh "
                          "initialisation. To continue a stopped run use train_options.resume instead."),
+        "init_grow": Key(False, "bool", "With init_from: the file may come from the same model with fewer "
+                         "DRUNet ResBlocks per scale (r_blocks); its blocks come first and each extra block "
+                         "starts as the identity, so training starts at the smaller model's quality."),
         "grad_checkpointing": Key(False, "bool", "Recompute activations in the backward pass "
                                   "(passed to the model; less memory, ~30% slower)."),
         "loss": Key("", "str", "Loss name from `models/losses.py` (empty: the model's default_loss, "
