@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from models.checkpoint import extract_state_dict
-from models.drunet import DRUNet
+from models.drunet import DRUNet, ResBlock
 
 _STAGES = ("m_down1", "m_down2", "m_down3", "m_body", "m_up3", "m_up2", "m_up1")
 
@@ -64,7 +64,7 @@ def grown_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], source: s
         if not isinstance(module, DRUNet):
             continue
         prefix = f"{prefix}." if prefix else ""
-        nb_to = len([m for m in module.m_down1.modules() if type(m).__name__ == "ResBlock"])
+        nb_to = sum(isinstance(m, ResBlock) for m in module.m_down1.modules())
         nb_from = _blocks_in(state, prefix)
         if nb_from == 0:
             raise ValueError(f"{source}: no DRUNet under '{prefix or '(root)'}' to grow from")
