@@ -144,6 +144,8 @@ def maybe_record_steps(model: nn.Module, enable: bool) -> bool:
 
 def load_initial_weights(model: nn.Module, path: Optional[str], grow: bool = False) -> None:
     if not path:
+        if grow:
+            raise ConfigError("model.init_grow: set model.init_from to the checkpoint to grow from")
         return
     if not os.path.isfile(path):
         raise ConfigError(f"model.init_from: initial weights not found: '{path}'")

@@ -56,11 +56,8 @@ def compare_state_dicts(expected: Mapping, found: Mapping):
     return missing, unexpected, wrong
 
 
-def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_location="cpu") -> torch.nn.Module:
-    """Load weights from `path` into `model` and return the model.
-
-    strict=True: any missing, unexpected or wrongly-shaped key raises one ValueError listing them.
-    strict=False: loads the keys that match in name and shape and logs a warning about the rest."""
+def read_state_dict(path, map_location="cpu") -> dict:
+    """The state_dict stored in the checkpoint at `path` (see the module docstring for the layouts)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -69,7 +66,16 @@ def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_locat
     except Exception as err:  # unpickling errors are long multi-line messages; keep the first line
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {first_line}") from None
-    state = extract_state_dict(obj, path)
+    return extract_state_dict(obj, path)
+
+
+def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_location="cpu") -> torch.nn.Module:
+    """Load weights from `path` into `model` and return the model.
+
+    strict=True: any missing, unexpected or wrongly-shaped key raises one ValueError listing them.
+    strict=False: loads the keys that match in name and shape and logs a warning about the rest."""
+    path = os.fspath(path)
+    state = read_state_dict(path, map_location)
     expected = model.state_dict()
     missing, unexpected, wrong = compare_state_dicts(expected, state)
     if missing or unexpected or wrong:

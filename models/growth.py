@@ -14,7 +14,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
-from models.checkpoint import extract_state_dict
+from models.checkpoint import read_state_dict
 from models.drunet import DRUNet, ResBlock
 
 _STAGES = ("m_down1", "m_down2", "m_down3", "m_body", "m_up3", "m_up2", "m_up1")
@@ -97,8 +97,5 @@ def grown_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], source: s
 def load_grown(model: nn.Module, path) -> nn.Module:
     """Load the checkpoint at `path` into the deeper `model` (extra ResBlocks start as identities)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    state = extract_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    model.load_state_dict(grown_state_dict(model, state, path))
+    model.load_state_dict(grown_state_dict(model, read_state_dict(path), path))
     return model

@@ -74,6 +74,11 @@ def test_engine_init_grow(tmp_path):
     grown = _nrlgdn(2)
     load_initial_weights(grown, str(path), grow=True)         # ... growing fits
     assert torch.equal(grown.h.main[0].weight, source.h.main[0].weight)
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read with torch.load"):
+        load_initial_weights(_nrlgdn(2), str(tmp_path / "broken.pth"), grow=True)
+    with pytest.raises(ConfigError, match="set model.init_from"):
+        load_initial_weights(_nrlgdn(2), "", grow=True)
     with pytest.raises(ConfigError, match=r"model.init_from: .* more than the model's 1"):
         load_initial_weights(_nrlgdn(1), str(_save(_nrlgdn(2), tmp_path / "deep.pth")), grow=True)
 
