@@ -179,22 +179,27 @@ def test_docs_list_every_key():
     assert not missing, f"README.md does not document {missing}"
 
 
-def test_compact_recipe_chains_its_three_stages_into_the_default_run():
+def test_compact_recipe_chains_its_stages_into_the_default_run():
     from models import build_model, load_pretrained
     from models.growth import load_grown
 
     def cfg(name):
         return load_config(os.path.join(ROOT, "configs", name), None)
 
-    stage1, stage2 = cfg("train_compact_stage1.json"), cfg("train_compact_stage2.json")
-    stage3, default = cfg("train_compact.json"), cfg("traincolor.json")
+    names = ["train_compact_stage1.json", "train_compact_stage2.json", "train_compact_stage3.json",
+             "train_compact.json"]
+    stages, default = [cfg(n) for n in names], cfg("traincolor.json")
     export = lambda c: os.path.join(c["model"]["model_save_file"], c["train_options"]["run_name"] + ".pth")
-    assert stage2["model"]["init_from"] == export(stage1)
-    assert stage3["model"]["init_from"] == export(stage2) and stage3["model"]["init_grow"]
-    assert default["model"]["pretrained"] == export(stage3)
-    assert stage1["model"]["options"] == stage2["model"]["options"]
-    assert stage3["model"]["options"] == default["model"]["options"]
-    assert stage3["model"]["options"] == {**stage2["model"]["options"], "r_blocks": 2}
-    for c in (stage1, stage2, stage3):        # the shipped files load strictly with their stage's options
+    assert not stages[0]["model"]["init_from"]          # stage 1 starts from scratch
+    for prev, cur in zip(stages, stages[1:]):
+        assert cur["model"]["init_from"] == export(prev)
+        before, after = prev["model"]["options"], cur["model"]["options"]
+        if cur["model"].get("init_grow"):       # growth adds ResBlocks and changes nothing else
+            assert after["r_blocks"] > before["r_blocks"] and after == {**before, "r_blocks": after["r_blocks"]}
+            load_grown(build_model("NRL_GDN", **after), os.path.join(ROOT, export(prev)))
+        else:
+            assert after == before
+    assert default["model"]["pretrained"] == export(stages[-1])
+    assert default["model"]["options"] == stages[-1]["model"]["options"]
+    for c in stages:                           # the shipped files load strictly with their stage's options
         load_pretrained(build_model("NRL_GDN", **c["model"]["options"]), os.path.join(ROOT, export(c)))
-    load_grown(build_model("NRL_GDN", **stage3["model"]["options"]), os.path.join(ROOT, export(stage2)))
