@@ -7,8 +7,8 @@
 "reference" below restates the published model's arithmetic plainly: NCHW tensors, nn.ConvTranspose2d
 modules, the blur as conv2d over the batch-transposed tensor with the 180°-rotated kernel (padding ks//2),
 the early-stop error kept on the autograd graph, no checkpointing. Both share the Eq. (22) init and the
-DRUNet module (run in NCHW for the reference). The CPU is shared with other jobs: timings are medians of
-interleaved repeats and still noisy; peak memory is the RSS high-water mark above the pre-step baseline,
+DRUNet module (run in NCHW for the reference). On a shared CPU timings are noisy, so they are medians of
+interleaved repeats (run it on an idle machine); peak memory is the RSS high-water mark above the pre-step baseline,
 sampled every 2 ms in a fresh subprocess per configuration (glibc told to return freed memory, so RSS
 tracks live tensors); the baseline already holds the weights and Adam state, so the peak is gradients +
 activations + temporaries of one training step.

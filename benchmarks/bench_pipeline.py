@@ -6,7 +6,7 @@ motion kernel from a 3-D camera trajectory (250 points, 25×25), circular blur, 
 the trajectory and bins it point by point in Python, blurs with `scipy.ndimage.convolve(mode='wrap')`
 and converts to tensors, the way the published code does. Two variants of the blur input: the float64
 patch, or the uint8 patch as published (uint8 result, truncated; ours then uses quantize_blur=True).
-Both run single-threaded (as in a DataLoader worker). The CPU is shared, so the timings are repeated,
+Both run single-threaded (as in a DataLoader worker). The CPU may be shared, so the timings are repeated,
 interleaved with alternating order, and medians are reported.
 
     python benchmarks/bench_pipeline.py [--samples 60] [--plain-samples 15] [--repeats 5]
