@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from models.checkpoint import compare_state_dicts, load_checkpoint
 from utils.config import ConfigError
 from utils.io import atomic_save
 
@@ -46,8 +47,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def save_training_state(path: str, *, model, optimizer, scheduler, scaler, epoch: int, step: int,
                         batch_in_epoch: int, best_metric: Optional[float], config: Dict[str, Any],
-                        model_select: str, model_options: Dict[str, Any]) -> str:
-    """`epoch` is the epoch in progress and `batch_in_epoch` how many of its batches are done."""
+                        model_select: str, model_options: Dict[str, Any], run_id: str = "") -> str:
+    """`epoch` is the epoch in progress and `batch_in_epoch` how many of its batches are done; `run_id`
+    names the run across resumes (its export may replace only its own earlier export)."""
     state = {
         "format_version": FORMAT_VERSION,
         "model": model.state_dict(),
@@ -62,6 +64,7 @@ def save_training_state(path: str, *, model, optimizer, scheduler, scaler, epoch
         "config": config,
         "model_select": model_select,
         "model_options": model_options,
+        "run_id": run_id,
     }
     atomic_save(state, path)
     return path
@@ -78,16 +81,13 @@ def export_weights(path: str, *, model, config, model_select: str, model_options
 
 
 def read_checkpoint(path: str, key: str = "model.pretrained") -> Dict[str, Any]:
-    """torch.load on CPU with a one-line error for a missing or unreadable file."""
-    if not path or not os.path.isfile(path):
-        raise ConfigError(f"{key}: checkpoint not found: '{path}'")
+    """`models.checkpoint.load_checkpoint` (weights_only=True, on CPU) with errors as one-line ConfigErrors."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # older/foreign checkpoints may pickle other objects
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ConfigError(f"{key}: cannot read checkpoint '{path}': {type(err).__name__}: {err}") from None
+        return load_checkpoint(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: checkpoint not found: '{path}'") from None
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def load_training_state(path: str, *, model, optimizer, scheduler, scaler) -> Dict[str, Any]:
@@ -96,13 +96,22 @@ def load_training_state(path: str, *, model, optimizer, scheduler, scaler) -> Di
     if "optimizer" not in state or "epoch" not in state:
         raise ConfigError(f"train_options.resume_model_name: '{path}' holds weights only, not a training "
                           "state to resume (set model.pretrained to start from these weights instead)")
+    key = "train_options.resume_model_name"
+    missing, unexpected, wrong = compare_state_dicts(model.state_dict(), state["model"])
+    if missing or unexpected or wrong:
+        raise ConfigError(f"{key}: '{path}' holds a different model ({state.get('model_select')} with options "
+                          f"{state.get('model_options')}): {len(missing)} missing, {len(unexpected)} unexpected, "
+                          f"{len(wrong)} wrongly-shaped tensors; resume with the run's own model section")
     model.load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:
+            raise ConfigError(f"{key}: the optimizer state in '{path}' does not fit this run's optimizer: {err}") from None
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
     if state.get("rng") is not None:
         set_rng_state(state["rng"])
-    return {k: state.get(k) for k in ("epoch", "step", "batch_in_epoch", "best_metric", "config")}
+    return {k: state.get(k) for k in ("epoch", "step", "batch_in_epoch", "best_metric", "config", "run_id")}

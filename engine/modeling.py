@@ -121,7 +121,7 @@ def build_for_evaluation(spec: ModelSpec, device: torch.device, missing_hint: st
         raise ConfigError(f"{spec.key}.pretrained: model '{spec.name}' has trainable weights but no "
                           f"checkpoint was given{hint}")
     try:
-        load_pretrained(model, spec.pretrained)
+        load_pretrained(model, spec.pretrained, checkpoint=state)
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{spec.key}.pretrained: '{spec.pretrained}' does not fit model '{spec.name}' "

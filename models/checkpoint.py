@@ -15,6 +15,7 @@ import torch
 
 WRAPPER_KEYS = ("model", "params", "model_state_dict", "state_dict", "net")
 _SHOWN = 5  # keys listed per category in error messages
+SAFE_TORCH = (2, 6)  # before 2.6, weights_only=True could be bypassed (CVE-2025-32434)
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +57,39 @@ def compare_state_dicts(expected: Mapping, found: Mapping):
     return missing, unexpected, wrong
 
 
-def read_state_dict(path, map_location="cpu") -> dict:
-    """The state_dict stored in the checkpoint at `path` (see the module docstring for the layouts)."""
+def load_checkpoint(path, map_location="cpu"):
+    """The object stored at `path`, read with `torch.load(weights_only=True)` (never beyond: a checkpoint
+    that pickles other objects could run code). One-line errors: FileNotFoundError, ValueError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < SAFE_TORCH:
+        raise ValueError(f"{path}: not read: torch {torch.__version__} cannot load checkpoints safely "
+                         f"(weights_only=True is sound from torch {'.'.join(map(str, SAFE_TORCH))}); upgrade torch")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors are long multi-line messages; keep the first line
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {first_line}") from None
-    return extract_state_dict(obj, path)
+        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (if you trust the file, "
+                         f"re-save its state_dict alone with torch.save): {first_line}") from None
 
 
-def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_location="cpu") -> torch.nn.Module:
-    """Load weights from `path` into `model` and return the model.
+def read_state_dict(path, map_location="cpu") -> dict:
+    """The state_dict stored in the checkpoint at `path` (see the module docstring for the layouts)."""
+    return extract_state_dict(load_checkpoint(path, map_location), os.fspath(path))
+
+
+def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_location="cpu",
+                    checkpoint=None) -> torch.nn.Module:
+    """Load weights from `path` into `model` and return the model. `checkpoint`: the object already read
+    from `path` with `load_checkpoint` (saves reading the file twice).
 
     strict=True: any missing, unexpected or wrongly-shaped key raises one ValueError listing them.
     strict=False: loads the keys that match in name and shape and logs a warning about the rest."""
     path = os.fspath(path)
-    state = read_state_dict(path, map_location)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path, map_location)
+    state = extract_state_dict(checkpoint, path)
     expected = model.state_dict()
     missing, unexpected, wrong = compare_state_dicts(expected, state)
     if missing or unexpected or wrong:

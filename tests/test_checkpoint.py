@@ -1,5 +1,6 @@
 """load_pretrained: official / wrapped / prefixed state_dicts, strictness and error messages."""
 import argparse
+import os
 
 import pytest
 import torch
@@ -89,6 +90,46 @@ def test_unreadable_or_non_state_dict_files(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"this is not a torch file")
     with pytest.raises(ValueError, match=r"garbage.pth: cannot be read with torch.load\(weights_only=True\)"):
+        load_pretrained(_tiny_nrlgdn(0), path)
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def test_no_reader_unpickles_code(tmp_path):
+    """Training resume, evaluation and load_pretrained all refuse a file whose unpickling runs code."""
+    from engine.checkpoint import load_training_state, read_checkpoint
+    from engine.modeling import ModelSpec, build_for_evaluation
+    from utils.config import ConfigError
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    net = _tiny_nrlgdn(0)
+    torch.save({"model": net.state_dict(), "optimizer": None, "epoch": 1, "hook": _RunsCodeWhenUnpickled(marker)},
+               path)
+    with pytest.raises(ConfigError, match=r"^train_options.resume_model_name: .*evil.pth: cannot be read with "
+                                          r"torch.load\(weights_only=True\)"):
+        load_training_state(str(path), model=net, optimizer=None, scheduler=None, scaler=None)
+    with pytest.raises(ConfigError, match=r"^model.pretrained: .*weights_only=True"):
+        read_checkpoint(str(path))
+    spec = ModelSpec(name="NRL_GDN", options={}, pretrained=str(path), key="model")
+    with pytest.raises(ConfigError, match="weights_only=True"):
+        build_for_evaluation(spec, torch.device("cpu"))
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_pretrained(net, path)
+    assert not marker.exists()
+
+
+def test_old_torch_whose_weights_only_is_unsound_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "weights.pth"
+    torch.save(_tiny_nrlgdn(0).state_dict(), path)
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    with pytest.raises(ValueError, match=r"weights.pth: not read: torch 2.5.1\+cu121 cannot load checkpoints safely"):
         load_pretrained(_tiny_nrlgdn(0), path)
 
 
