@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 DEFAULT_TRAIN_CONFIG = os.path.join("configs", "traincolor.json")
@@ -67,7 +68,10 @@ def main(argv=None) -> int:
         # unreadable data named in the configs (images, kernel files); DEBLURRING_TRACEBACK=1 shows where
         if os.environ.get("DEBLURRING_TRACEBACK"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        lines = str(err.args[0] if isinstance(err, KeyError) and err.args else err).strip().splitlines()
+        message = lines[-1] if lines else type(err).__name__
+        if len(lines) > 1:  # a DataLoader worker's error carries its traceback; the last line is "Type: message"
+            message = re.sub(r"^\w+: ", "", message)
         print(f"error: {message} (set DEBLURRING_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ already bundled are skipped, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Iterator, List, Tuple
 
@@ -17,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from utils.config import ConfigError
+from utils.io import atomic_write_bytes
 
 BLOCKS_PER_IMAGE = 20
 
@@ -68,10 +70,9 @@ def write_bundle(out_dir: str, number: int, blocks: List[np.ndarray]) -> str:
     for b, block in enumerate(blocks):
         cells[b] = np.float32(block)
     path = os.path.join(folder, f"{number:04d}.mat")
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        scipy.io.savemat(f, {"Idenoised": cells, "israw": False, "eval_version": "1.0"})
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"Idenoised": cells, "israw": False, "eval_version": "1.0"})
+    atomic_write_bytes(path, buffer.getvalue())   # fsync'ed: a bundle on disk is always complete
     return path
 
 

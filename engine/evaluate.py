@@ -27,10 +27,11 @@ from engine.reporting import overall_markdown, protocol_markdown, summarize, wri
 from engine.tasks import check_model_for_task, task_of
 from models import resolve_model
 from utils.config import ConfigError, public
-from utils.io import save_image
+from utils.io import atomic_write_json, move_aside, save_image
 from utils.metrics import evaluate_pair, psnr
 
 DEGRADED = "degraded"
+RESULT_MARKERS = ("config.json", "results.json", "summary.md")   # files every evaluation writes
 BICUBIC = "bicubic"     # the input column of super-resolution: MATLAB-bicubic upsampled input
 
 
@@ -148,7 +149,9 @@ def _figure(path, protocol: Protocol, item: dict, restored: dict, scores: dict, 
 
 
 def _safe(name: str) -> str:
-    return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(name))
+    """A file or folder name from any label; never '.' or '..', so results stay inside their folder."""
+    safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(name))
+    return safe if safe.strip(".") else safe.replace(".", "_") or "_"
 
 
 def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
@@ -166,11 +169,17 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     run_name = tcfg["run_name"] or (os.path.basename(os.path.normpath(tcfg["test_data"])) if tcfg["test_data"]
                                     else "default")
     run_dir = os.path.join(tcfg["result_save_file"], _safe(run_name))
+    try:
+        archived = move_aside(run_dir, RESULT_MARKERS)
+    except ValueError as err:
+        raise ConfigError(f"test_dataset.run_name: {err}") from None
+    atomic_write_json(os.path.join(run_dir, "config.json"), public(cfg))
     result = EvalResult(run_dir=run_dir)
     stepping = {spec.title: maybe_record_steps(m, tcfg["record_steps"]) for spec, m in models}
     primary = models[0][0].title
     say = print if verbose else (lambda *a, **k: None)
-    say(f"evaluating {', '.join(s.title for s, _ in models)} on {len(protocols)} protocol(s) -> {run_dir}")
+    say(f"evaluating {', '.join(s.title for s, _ in models)} on {len(protocols)} protocol(s) -> {run_dir}"
+        + (f" (earlier results there moved to {archived})" if archived else ""))
 
     for protocol in protocols:
         folder = os.path.join(run_dir, _safe(protocol.name))

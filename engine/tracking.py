@@ -65,8 +65,13 @@ class RunLogger:
             return ""
         from utils.figures import plot_training_curves
 
+        history = []
         with open(os.path.join(self.run_dir, "history.jsonl"), encoding="utf-8") as f:
-            history = [json.loads(line) for line in f if line.strip()]
+            for line in f:
+                try:
+                    history.append(json.loads(line))
+                except ValueError:   # a line cut short by a crash or a full disk must not stop the run
+                    continue
         path, _ = plot_training_curves(os.path.join(self.run_dir, "curves.png"), history, title or None)
         return path
 

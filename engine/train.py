@@ -7,11 +7,14 @@ epoch, so a resumed run sees the same batches, weights and optimizer state as an
 from __future__ import annotations
 
 import functools
+import glob
+import itertools
 import math
 import os
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -28,6 +31,25 @@ from engine.tracking import RunLogger
 from engine.validate import validate
 from models.losses import build_loss
 from utils.config import ConfigError, public
+from utils.io import move_aside
+
+
+class _OnError:
+    """Calls `callback` when the block raises an Exception (the exception still propagates)."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is not None and issubclass(kind, Exception):
+            try:
+                self.callback()
+            except Exception as save_err:  # never hide the original error behind a failed save
+                err.add_note(f"(saving the progress failed too: {type(save_err).__name__}: {save_err})")
+        return False
 
 
 @dataclass
@@ -42,7 +64,7 @@ class TrainResult:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary. A second SIGINT aborts."""
+    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary. A second signal aborts."""
 
     def __init__(self):
         self.requested = False
@@ -50,7 +72,7 @@ class _StopRequest:
         self._previous = {}
 
     def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
+        if self.requested:      # a second signal: stop now (a stuck step never reaches the save)
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
@@ -68,7 +90,11 @@ class _StopRequest:
 
 
 def _run_name(cfg) -> str:
-    return cfg["train_options"]["run_name"] or cfg["model"]["model_select"]
+    name = cfg["train_options"]["run_name"] or cfg["model"]["model_select"]
+    if name in (".", "..") or any(sep in name for sep in "/\\"):
+        raise ConfigError(f"train_options.run_name: '{name}' must be a plain folder name (no '/', not '.' or '..'); "
+                          "the run folder is <checkpoint_dir>/<run_name>")
+    return name
 
 
 def _check_noise_flags(cfg) -> None:
@@ -143,17 +169,18 @@ def _autocast(device, amp: str):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _export_path(folder: str, name: str) -> str:
-    """`<folder>/<name>.pth`, unless that file exists and was not written by our trainer."""
-    path = os.path.join(folder, f"{name}.pth")
-    if os.path.isfile(path):
+def _export_path(folder: str, name: str, run_id: str) -> str:
+    """`<folder>/<name>.pth`, or `<name>_2.pth`, `<name>_3.pth`, ...: the first that is free or was exported
+    by this same run, so an export never replaces weights from another run (a shipped checkpoint, say)."""
+    for n in itertools.count(1):
+        path = os.path.join(folder, f"{name}.pth" if n == 1 else f"{name}_{n}.pth")
+        if not os.path.exists(path):
+            return path
         try:
-            ours = "model_options" in read_checkpoint(path)
-        except ConfigError:
-            ours = False
-        if not ours:
-            path = os.path.join(folder, f"{name}_trained.pth")
-    return path
+            if read_checkpoint(path).get("run_id") == run_id:
+                return path
+        except (ConfigError, AttributeError):  # unreadable or not a dict: not ours either
+            pass
 
 
 def train(cfg: Dict[str, Any], step_callback: Optional[Callable[[int, float], None]] = None) -> TrainResult:
@@ -214,21 +241,36 @@ def _train(cfg, device, step_callback) -> TrainResult:
     run_dir = os.path.join(opts["checkpoint_dir"], _run_name(cfg))
     last_path, best_path = os.path.join(run_dir, "last.pth"), os.path.join(run_dir, "best.pth")
     epoch, step, skip_batches, best = 0, 0, 0, None
+    run_id, archived = uuid.uuid4().hex, ""
     if opts["resume"]:
         name = opts["resume_model_name"]
         inside = os.path.join(run_dir, name) if name else ""
         path = last_path if not name else (inside if os.path.isfile(inside) else name)
         if not os.path.isfile(path):
+            archives = sorted(glob.glob(glob.escape(run_dir) + "_archived_*"))
+            hint = f"; the latest earlier run of this name is in {archives[-1]}" if archives else ""
             raise ConfigError(f"train_options.resume: no checkpoint to resume at '{path}' "
-                              "(set resume=false to start a new run, or resume_model_name to a checkpoint)")
+                              f"(set resume=false to start a new run, or resume_model_name to a checkpoint){hint}")
         pos = load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         epoch, step, skip_batches, best = pos["epoch"], pos["step"], pos["batch_in_epoch"], pos["best_metric"]
+        run_id = pos["run_id"] or run_id   # checkpoints written before run ids existed start a new one
+    elif dist.is_main():
+        try:
+            archived = move_aside(run_dir, (os.path.basename(opts["log_file"]), "history.jsonl", "last.pth"))
+        except ValueError as err:
+            raise ConfigError(f"train_options.run_name: {err}") from None
+    dist.barrier()
 
     log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"])
     log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
              f"processes {world}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
+    if archived:
+        log.text(f"a previous run was in {run_dir}: moved to {archived} (set train_options.resume=true to continue one)")
     val_set = build_val_set(cfg, scale) if (opts["epoch_val"] and dist.is_main()) else None
+    if val_set is not None and not val_set:
+        raise ConfigError("val_dataset: no validation images (check its folder or .mat files, or set "
+                          "train_options.epoch_val=0)")
     wrapped = dist.wrap_model(model, device, dist.usable_device_ids(device, opts["device_ids"]))
     clip_own = hasattr(model, "clip_gradients")
     mixup = cfg["train_dataset"]["mixup"]
@@ -240,14 +282,24 @@ def _train(cfg, device, step_callback) -> TrainResult:
         if dist.is_main():
             save_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                 epoch=ep, step=step, batch_in_epoch=in_epoch, best_metric=best,
-                                config=config_snapshot, model_select=spec.name, model_options=spec.options)
+                                config=config_snapshot, model_select=spec.name, model_options=spec.options,
+                                run_id=run_id)
 
     def finished() -> bool:
         return step >= total_steps if by_iters else epoch >= opts["epochs"]
 
+    in_epoch, consistent = skip_batches, True   # consistent: the state is between two steps (saveable)
+
+    def save_after_error():
+        progress.close()        # the error message starts on a line of its own
+        if consistent and dist.is_main():
+            save(last_path, epoch, in_epoch)
+            log.text(f"error at epoch {epoch + 1}, step {step}: progress saved to {last_path} "
+                     "(resume with train_options.resume=true)")
+
     progress = log.progress(total=total_steps, initial=step, desc=f"train {spec.name}")
     started = time.time()
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, _OnError(save_after_error):
         while not finished():
             sampler.set_epoch(epoch)
             if hasattr(dataset, "set_epoch"):
@@ -265,8 +317,9 @@ def _train(cfg, device, step_callback) -> TrainResult:
                 with _autocast(device, opts["amp"]):
                     outputs = run_model(wrapped, batch)
                     loss, parts = loss_fn(outputs, batch)
-                if not torch.isfinite(loss):
+                if dist.any_true(not bool(torch.isfinite(loss)), device):   # every rank stops together
                     save(os.path.join(run_dir, "nonfinite.pth"), epoch, in_epoch)
+                    dist.barrier()
                     raise FloatingPointError(f"loss became {float(loss)} at step {step + 1} (epoch {epoch + 1}); "
                                              f"state before the step saved to {run_dir}/nonfinite.pth")
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -275,6 +328,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
                 norms = model.clip_gradients() if clip_own else None
                 if not clip_own and cfg["optimizer"]["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optimizer"]["grad_clip"])
+                consistent = False
                 if scaler:
                     scaler.step(optimizer)
                     scaler.update()
@@ -284,6 +338,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
                     scheduler.step()
                 step += 1
                 in_epoch += 1
+                consistent = True
                 loss_value = float(loss.detach())
                 record = {"epoch": epoch + 1, "step": step, "loss": loss_value}
                 result.history.append(record)
@@ -314,9 +369,12 @@ def _train(cfg, device, step_callback) -> TrainResult:
             if not epoch_done:      # iteration budget reached inside the epoch
                 save(last_path, epoch, in_epoch)
                 break
+            consistent = False
             epoch += 1
+            in_epoch = 0
             if not by_iters and scheduler is not None:
                 scheduler.step()
+            consistent = True
             if val_set is not None and epoch % opts["epoch_val"] == 0:
                 val_psnr, grid = validate(model, val_set, device, cfg)
                 log.scalars({"psnr_val": val_psnr}, step, epoch)
@@ -332,9 +390,10 @@ def _train(cfg, device, step_callback) -> TrainResult:
     progress.close()
     result.last_checkpoint = last_path
     if dist.is_main():
-        result.exported = export_weights(_export_path(cfg["model"]["model_save_file"], _run_name(cfg)),
+        result.exported = export_weights(_export_path(cfg["model"]["model_save_file"], _run_name(cfg), run_id),
                                          model=model, config=config_snapshot, model_select=spec.name,
-                                         model_options=spec.options, extra={"step": step, "best_metric": best})
+                                         model_options=spec.options,
+                                         extra={"step": step, "best_metric": best, "run_id": run_id})
         minutes = (time.time() - started) / 60
         log.text(f"done: {step} steps in {minutes:.1f} min; last {last_path}"
                  + (f", best {best_path} ({best:.2f} dB)" if best is not None else "") + f"; weights {result.exported}")

@@ -70,3 +70,21 @@ def test_evaluate_then_train_through_the_cli(tmp_path, capsys):
     assert deblurring.main(train_args) == 0
     assert os.path.isfile(tmp_path / "ckpt" / "cli" / "last.pth")
     assert os.path.isfile(tmp_path / "weights" / "cli.pth")
+
+
+def test_a_corrupt_training_image_read_by_a_worker_is_one_line(tmp_path, capsys):
+    img_dir, kernel_path = make_tiny_data(str(tmp_path), n_images=2, size=32)
+    with open(os.path.join(img_dir, "img0.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not an image")
+    args = ["--set", "train_dataset.is_train=true", "--set", f"train_dataset.root_path={img_dir}",
+            "--set", f"train_dataset.kernel_path={kernel_path}", "--set", "train_dataset.patch_size=16",
+            "--set", "train_dataset.degradation={}", "--set", "train_dataset.batch_size=2",
+            "--set", "train_dataset.num_workers=1", "--set", "train_options.epoch_val=0",
+            "--set", "model.options={\"r_channels\": [4, 8, 8, 8], \"r_blocks\": 1, \"hd_channels\": 4, \"num_steps\": 1}",
+            "--set", f"model.model_save_file={tmp_path / 'weights'}", "--set", "train_options.tensorboard=false",
+            "--set", f"train_options.checkpoint_dir={tmp_path / 'ckpt'}", "--set", "train_options.run_name=bad"]
+    assert deblurring.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]     # the lines before it are the progress bar
+    assert last.startswith("error: ") and "img0.png" in last and "worker" not in last, last

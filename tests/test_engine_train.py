@@ -130,6 +130,78 @@ def test_resume_after_a_finished_shorter_run_matches(tiny):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history[2:]]
 
 
+def test_resumed_run_replaces_only_its_own_export(tiny):
+    folder, img_dir, kernel_path, _ = tiny
+    run = os.path.join(folder, "own_export")
+    first = train(tiny_train_config(run, img_dir, kernel_path, epochs=1, epoch_val=0))
+    resumed = train(tiny_train_config(run, img_dir, kernel_path, resume=True, epoch_val=0))
+    assert resumed.exported == first.exported and resumed.exported.endswith(os.path.join("weights", "tiny.pth"))
+    assert read_checkpoint(resumed.exported)["step"] == 6
+    assert read_checkpoint(resumed.exported)["run_id"] == read_checkpoint(first.last_checkpoint)["run_id"]
+
+
+def test_new_run_keeps_earlier_runs_and_weights(tiny):
+    """A fresh run in a used run folder moves the old run aside; its export never replaces another run's
+    weights (e.g. `python deblurring.py --set train_dataset.is_train=true` next to a shipped checkpoint)."""
+    folder, img_dir, kernel_path, _ = tiny
+    run = os.path.join(folder, "again")
+    first = train(tiny_train_config(run, img_dir, kernel_path, epochs=1, epoch_val=0))
+    shipped = read_checkpoint(first.exported)
+    first_last = read_checkpoint(first.last_checkpoint)
+    second = train(tiny_train_config(run, img_dir, kernel_path, epochs=2, epoch_val=0))
+    assert second.exported == first.exported.replace("tiny.pth", "tiny_2.pth")
+    assert read_checkpoint(second.exported)["step"] == 4
+    for key, value in shipped["model"].items():
+        assert torch.equal(read_checkpoint(first.exported)["model"][key], value), key
+    archived = [d for d in os.listdir(os.path.join(run, "ckpt")) if d.startswith("tiny_archived_")]
+    assert len(archived) == 1
+    old_last = read_checkpoint(os.path.join(run, "ckpt", archived[0], "last.pth"))
+    assert old_last["step"] == 2 and old_last["run_id"] == first_last["run_id"]
+    log = open(os.path.join(second.run_dir, "train_log.txt")).read()
+    assert "moved to" in log and archived[0] in log and log.count("from epoch 1 step 0") == 1
+    # a file the trainer did not write is never replaced either
+    foreign = os.path.join(run, "weights", "tiny_3.pth")
+    torch.save({"r.m_head.weight": torch.zeros(1)}, foreign)
+    os.remove(second.exported)
+    third = train(tiny_train_config(run, img_dir, kernel_path, epochs=1, epoch_val=0))
+    assert third.exported.endswith("tiny_2.pth") and list(torch.load(foreign, weights_only=True)) == ["r.m_head.weight"]
+
+
+def test_an_error_mid_run_saves_progress_and_resume_is_exact(tiny):
+    folder, img_dir, kernel_path, ref = tiny
+    run = os.path.join(folder, "crash")
+
+    def fail_after_3(step, loss):
+        if step == 3:
+            raise RuntimeError("simulated crash (a corrupt image, out of memory, ...)")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_train_config(run, img_dir, kernel_path), step_callback=fail_after_3)
+    state = read_checkpoint(os.path.join(run, "ckpt", "tiny", "last.pth"))
+    assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (1, 3, 1)
+    assert "progress saved to" in open(os.path.join(run, "ckpt", "tiny", "train_log.txt")).read()
+    resumed = train(tiny_train_config(run, img_dir, kernel_path, resume=True))
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history[3:]]
+
+
+def test_resume_into_another_model_or_a_bad_run_name_is_one_line(tiny):
+    folder, img_dir, kernel_path, ref = tiny
+    cfg = tiny_train_config(folder, img_dir, kernel_path, resume=True, resume_model_name=ref.last_checkpoint)
+    cfg["model"]["options"]["hd_channels"] = 8
+    with pytest.raises(ConfigError, match=r"^train_options.resume_model_name: '.*last.pth' holds a different model "
+                                          r"\(NRL_GDN with options .*'hd_channels': 4"):
+        train(cfg)
+    for name in ("..", "../elsewhere", "a/b"):
+        with pytest.raises(ConfigError, match="train_options.run_name: .* must be a plain folder name"):
+            train(tiny_train_config(folder, img_dir, kernel_path, run_name=name))
+    not_a_run = os.path.join(folder, "foreign", "ckpt", "tiny")
+    os.makedirs(not_a_run)
+    open(os.path.join(not_a_run, "notes.txt"), "w").write("mine")
+    with pytest.raises(ConfigError, match="train_options.run_name: .*tiny' exists and was not written by a run"):
+        train(tiny_train_config(os.path.join(folder, "foreign"), img_dir, kernel_path))
+    assert os.listdir(not_a_run) == ["notes.txt"]
+
+
 def test_iteration_budget_and_missing_resume_checkpoint(tiny):
     folder, img_dir, kernel_path, _ = tiny
     run = os.path.join(folder, "iters")

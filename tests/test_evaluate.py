@@ -202,3 +202,29 @@ def test_bad_kernel_index_and_folder_are_config_errors(data):
         evaluate(_config(folder, img_dir, kernel_path, kernel_indices=[5]), verbose=False)
     with pytest.raises(ConfigError, match="test_dataset.test_data: image folder not found"):
         evaluate(_config(folder, img_dir + "_nope", kernel_path), verbose=False)
+
+
+def test_a_second_evaluation_moves_the_first_aside(data):
+    folder, img_dir, kernel_path = data
+    out = os.path.join(folder, "again")
+    first = evaluate(_config(out, img_dir, kernel_path, max_images=1), verbose=False)
+    second = evaluate(_config(out, img_dir, kernel_path, max_images=1), verbose=False)
+    assert second.run_dir == first.run_dir
+    archived = [d for d in os.listdir(os.path.join(out, "results")) if d.startswith("tiny_archived_")]
+    assert len(archived) == 1
+    kept = os.path.join(out, "results", archived[0])
+    assert json.load(open(os.path.join(kept, "config.json")))["test_dataset"]["max_images"] == 1
+    assert os.path.isfile(os.path.join(kept, "summary.md")) and os.path.isfile(os.path.join(second.run_dir, "summary.md"))
+    mine = os.path.join(out, "results", "mine")
+    os.makedirs(mine)
+    open(os.path.join(mine, "notes.txt"), "w").write("not results")
+    with pytest.raises(ConfigError, match="test_dataset.run_name: .*mine' exists and was not written by a run"):
+        evaluate(_config(out, img_dir, kernel_path, run_name="mine"), verbose=False)
+
+
+def test_result_names_stay_inside_the_results_folder(data):
+    folder, img_dir, kernel_path = data
+    out = os.path.join(folder, "dots")
+    result = evaluate(_config(out, img_dir, kernel_path, run_name="..", max_images=1), verbose=False)
+    assert os.path.dirname(result.run_dir) == os.path.join(out, "results")
+    assert os.path.isfile(os.path.join(result.run_dir, "summary.md"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,26 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def move_aside(folder, markers) -> str:
+    """Move a folder an earlier run wrote to `<folder>_archived_<time>`, so a new run neither mixes with
+    nor overwrites it (BasicSR's rule); returns the new path, "" when there was nothing to move. A
+    non-empty folder holding none of `markers` (files our runs write) is not ours to move: ValueError."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder) or not os.listdir(folder):
+        return ""
+    if not any(os.path.exists(os.path.join(folder, m)) for m in markers):
+        raise ValueError(f"'{folder}' exists and was not written by a run of ours (none of {list(markers)} "
+                         "in it); choose another name")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    archived = f"{folder}_archived_{stamp}"
+    n = 1
+    while os.path.exists(archived):
+        n += 1
+        archived = f"{folder}_archived_{stamp}_{n}"
+    os.rename(folder, archived)
+    return archived
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
