@@ -111,6 +111,48 @@ def test_shipped_configs_load(name):
     assert cfg["model"]["model_select"]
 
 
+# Folders a user fills with data we cannot ship (README, "Data folders"); every other path must exist.
+USER_FOLDERS = ("trainsets/", "testsets/", "test_dataset/real blurred image")
+PATH_KEYS = ("root_path", "kernel_path", "init_from", "pretrained", "noisy_mat", "clean_mat")
+
+
+def _config_paths(node, where=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in PATH_KEYS and isinstance(value, str) and value:
+                yield f"{where}{key}", value
+            yield from _config_paths(value, f"{where}{key}.")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".json")))
+def test_shipped_config_paths_exist_or_are_documented_user_folders(name):
+    text = open(os.path.join(ROOT, "configs", name)).read()
+    assert "../" not in text and "shared/" not in text, f"{name} points outside the repository"
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for key, value in _config_paths(json.loads(text)):
+        value = value[2:] if value.startswith("./") else value
+        root = "test_dataset/" if key.endswith("test_dataset.root_path") else ""  # test_data lives inside it
+        if os.path.exists(os.path.join(ROOT, value)) or value.startswith("pretrainedmodels/"):
+            continue
+        folder = next((f for f in USER_FOLDERS if (root + value if root else value).startswith(f)), None)
+        assert folder, f"{name}: {key} = '{value}' is neither in the repository nor a documented user folder"
+        assert f"`{folder.rstrip('/')}" in readme, f"README does not explain the user folder {folder}"
+
+
+def test_shipped_test_data_is_the_papers():
+    from data.images import list_images, read_image
+    from data.kernels import load_kernels
+
+    images = list_images(os.path.join(ROOT, "test_dataset", "Set12"))
+    assert [p.stem for p in images] == [f"{i:02d}" for i in range(1, 13)]
+    assert [tuple(read_image(p, gray=True).shape) for p in images] == [(1, 256, 256)] * 7 + [(1, 512, 512)] * 5
+    levin = load_kernels(os.path.join(ROOT, "test_dataset", "kernels", "kernels_8.mat"))
+    assert [k.shape[0] for k in levin] == [19, 17, 15, 27, 13, 21, 23, 23]
+    assert len(load_kernels(os.path.join(ROOT, "test_dataset", "kernels", "kernels_19.mat"))) == 19
+    for n, count in ((23, 23), (29, 29), (48, 48)):
+        assert len(load_kernels(os.path.join(ROOT, "test_dataset", "kernels", f"real kernel image{n}"))) == count
+
+
 @pytest.mark.parametrize("task", ["denoise", "sisr"])
 def test_virnet_configs_load_with_their_tasks(task):
     train = os.path.join(ROOT, "configs", f"virnet_{task}_train.json")
