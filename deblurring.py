@@ -35,7 +35,8 @@ def parse_args(argv=None):
 
 
 def _here(path: str) -> str:
-    """Default configs are found relative to this file, so the script runs from any folder."""
+    """Default config files are found relative to this file; paths inside configs are relative to the
+    working folder (as published), so run from the repository root or give absolute paths."""
     if os.path.isfile(path) or os.path.isabs(path):
         return path
     candidate = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)

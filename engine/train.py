@@ -148,9 +148,10 @@ def build_scheduler(cfg, optimizer, total_units: int):
 
 
 def _worker_ignore_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which saves and shuts them down."""
+    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the main process, which saves
+    and shuts them down. SIGTERM still ends a worker: it is how a parent exiting after an error stops
+    workers it could not shut down, and a worker ignoring it would hang that exit forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _to_device(batch: Dict[str, Any], device) -> Dict[str, Any]:

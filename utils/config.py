@@ -368,7 +368,7 @@ def merge(base: Dict[str, Dict[str, Any]], update: Dict[str, Any], origin: str =
     if not isinstance(update, dict):
         raise ConfigError(f"{origin}: the top level must be a JSON object of sections")
     for section, values in update.items():
-        if section.startswith("//") or section.startswith("_comment"):
+        if _is_comment(section):
             continue  # JSON has no comments; keys starting with // are ignored like KAIR's
         if section not in SCHEMA:
             where = f" in {origin}" if origin else ""
@@ -377,9 +377,21 @@ def merge(base: Dict[str, Dict[str, Any]], update: Dict[str, Any], origin: str =
         if not isinstance(values, dict):
             raise ConfigError(f"section '{section}' in {origin}: expected a JSON object of keys")
         for key, value in values.items():
-            if key.startswith("//") or key.startswith("_comment"):
-                continue
-            base.setdefault(section, {})[key] = check_value(section, key, value, origin)
+            if not _is_comment(key):
+                base.setdefault(section, {})[key] = check_value(section, key, _without_comments(value), origin)
+
+
+def _is_comment(key: str) -> bool:
+    return key.startswith("//") or key.startswith("_comment")
+
+
+def _without_comments(value: Any) -> Any:
+    """`//` notes may sit inside object values too (model options, noise specs): drop them at every depth."""
+    if isinstance(value, dict):
+        return {k: _without_comments(v) for k, v in value.items() if not _is_comment(k)}
+    if isinstance(value, list):
+        return [_without_comments(v) for v in value]
+    return value
 
 
 def load_json(path: str, what: str = "config") -> Dict[str, Any]:

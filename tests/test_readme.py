@@ -1,0 +1,367 @@
+"""README promises, walked from a clean clone (no ../shared): the commands, snippets and the extension
+recipe the README shows run and do what it says. Snippets are read from README.md, so a README edit
+that breaks them breaks these tests."""
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deblurring
+from engine.checkpoint import read_checkpoint
+from tests.test_engine_train import make_tiny_data, tiny_train_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+SHIPPED = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
+QUICK_EVAL = ["test_dataset.max_images=1", "test_dataset.kernel_indices=[0]"]   # 1 image × 1 kernel
+QUICK_TRAIN = ["train_dataset.patch_size=32", "train_dataset.batch_size=2", "train_dataset.num_workers=0",
+               "val_dataset.max_images=1", "val_dataset.patch_size=32", "train_options.tensorboard=false"]
+TINY_NRLGDN = {"num_steps": 2, "r_channels": (4, 6, 8, 10), "r_blocks": 1, "hd_channels": 4}
+
+
+def _sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def _sha256(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _readme_code(heading):
+    """The first ```python block after a README heading."""
+    match = re.search(r"^" + re.escape(heading) + r"\n.*?```python\n(.*?)```", README, re.S | re.M)
+    assert match, f"README has no python block under '{heading}'"
+    return match.group(1)
+
+
+def _printed_tables(out):
+    """{title: (header, {row label: [(psnr, ssim), ...]})} of the Markdown tables evaluate() prints, each
+    under a line 'title (PSNR dB / SSIM, ...):' or 'overall:'."""
+    lines, tables = out.splitlines(), {}
+    for i, line in enumerate(lines):
+        if not line.startswith("| ") or (i and lines[i - 1].startswith("|")):
+            continue
+        title = lines[i - 1].rstrip(":").split(" (")[0]
+        header = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows, j = {}, i + 2
+        while j < len(lines) and lines[j].startswith("|"):
+            cells = [c.strip() for c in lines[j].strip().strip("|").split("|")]
+            rows[cells[0]] = [tuple(float(v) for v in c.split(" / ")) for c in cells[1:]]
+            j += 1
+        tables[title] = (header, rows)
+    return tables
+
+
+def _cell(table, row, model):
+    header, rows = table
+    return rows[row][header.index(model) - 1]
+
+
+# 1 -------------------------------------------------------------------------------------------------
+def test_main_job_bare_command_evaluates_compact_checkpoint_with_baselines(tmp_path, capsys):
+    assert re.search(r"&& python deblurring\.py\s+# main job", README)
+    shipped_before = _sha256(SHIPPED)
+    results = tmp_path / "results"
+    assert deblurring.main(_sets(QUICK_EVAL + [f"test_dataset.result_save_file={results}"])) == 0
+    captured = capsys.readouterr()
+    assert "100%" in captured.err                                           # the progress bar
+    tables = _printed_tables(captured.out)
+    columns = ["kernel", "degraded", "compact_nrlgdn", "eq22_init", "wiener"]
+    # uniform σ = 2.55 and the gauss σ-map (5–25)/255, as the README says
+    assert set(tables) == {"uniform_2.55", "sigma_map_gauss_5-25", "overall"}
+    for protocol in ("uniform_2.55", "sigma_map_gauss_5-25"):
+        assert tables[protocol][0] == columns
+        assert list(tables[protocol][1]) == ["0", "**average**"]
+        ours, degraded = _cell(tables[protocol], "**average**", "compact_nrlgdn"), \
+            _cell(tables[protocol], "**average**", "degraded")
+        assert ours[0] > degraded[0] + 3.0 and ours[1] > degraded[1], (protocol, ours, degraded)
+    assert _cell(tables["sigma_map_gauss_5-25"], "**average**", "compact_nrlgdn")[0] > \
+        _cell(tables["sigma_map_gauss_5-25"], "**average**", "wiener")[0]
+
+    run_dir = results / "default"                                           # results/default/ in the README
+    summary_md = (run_dir / "summary.md").read_text()
+    assert "| kernel | degraded | compact_nrlgdn | eq22_init | wiener |" in summary_md
+    with open(run_dir / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["protocol", "model", "kernel", "psnr", "ssim", "n"]
+    assert {r["model"] for r in rows} == set(columns[1:])
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["config"]["model"]["pretrained"] == "pretrainedmodels/compact_nrlgdn.pth"
+    assert saved["config"]["test_dataset"]["compare_models"] == ["eq22_init", "wiener"]
+    images = sorted({r["image"] for r in saved["records"]})
+    assert len(images) == 1 and len(saved["records"]) == 2 * 4              # 2 protocols × (input + 3 models)
+    image = images[0]
+    for protocol in ("uniform_2.55", "sigma_map_gauss_5-25"):
+        kdir = run_dir / protocol / "kernel0"
+        shapes = {np.asarray(Image.open(kdir / f"{image}_{m}.png")).shape for m in columns[1:]}
+        assert len(shapes) == 1 and len(next(iter(shapes))) == 3            # one size, colour
+        assert os.listdir(run_dir / protocol / "figures") == [f"{image}_kernel0.png"]   # one figure per image
+        figure = np.asarray(Image.open(run_dir / protocol / "figures" / f"{image}_kernel0.png"))
+        assert figure.shape[1] > 2 * figure.shape[0]                        # degraded | restored | ground truth
+    assert _sha256(SHIPPED) == shipped_before
+
+
+# 2 -------------------------------------------------------------------------------------------------
+def test_baselines_only_needs_no_checkpoint(tmp_path, capsys):
+    assert "python deblurring.py --set test_dataset.baselines_only=true" in README
+    args = QUICK_EVAL + ["test_dataset.baselines_only=true", f"test_dataset.result_save_file={tmp_path / 'r'}",
+                         f"model.pretrained={tmp_path / 'absent.pth'}", f"model.model_save_file={tmp_path / 'none'}"]
+    assert deblurring.main(_sets(args)) == 0
+    tables = _printed_tables(capsys.readouterr().out)
+    for protocol in ("uniform_2.55", "sigma_map_gauss_5-25"):
+        assert tables[protocol][0] == ["kernel", "degraded", "eq22_init", "wiener"]
+    uniform = tables["uniform_2.55"]
+    assert _cell(uniform, "**average**", "wiener")[0] > _cell(uniform, "**average**", "degraded")[0] + 2.0
+    assert os.path.isfile(tmp_path / "r" / "default" / "summary.md")
+    assert not (tmp_path / "none").exists() and not (tmp_path / "absent.pth").exists()
+
+
+# 3 -------------------------------------------------------------------------------------------------
+def test_train_command_exports_beside_never_over_the_shipped_checkpoint(tmp_path, capsys):
+    assert re.search(r"python deblurring\.py --set train_dataset\.is_train=true\s+# train with "
+                     r"configs/traincolor\.json", README)
+    shipped_before = _sha256(SHIPPED)
+    weights = tmp_path / "pretrainedmodels"                  # a copy of the shipped folder's checkpoint
+    weights.mkdir()
+    shutil.copyfile(SHIPPED, weights / "compact_nrlgdn.pth")
+    args = QUICK_TRAIN + ["train_dataset.is_train=true", "train_options.total_iters=2",
+                          f"train_options.checkpoint_dir={tmp_path / 'checkpoints'}",
+                          f"model.model_save_file={weights}"]
+    assert deblurring.main(_sets(args)) == 0
+    log = capsys.readouterr().out
+    assert "done: 2 steps" in log and f"weights {weights / 'compact_nrlgdn_2.pth'}" in log
+    last = read_checkpoint(str(tmp_path / "checkpoints" / "compact_nrlgdn" / "last.pth"))
+    assert last["step"] == 2 and last["model_select"] == "NRL_GDN"
+    assert _sha256(weights / "compact_nrlgdn.pth") == shipped_before == _sha256(SHIPPED)   # untouched
+    exported = read_checkpoint(str(weights / "compact_nrlgdn_2.pth"))
+    shipped = read_checkpoint(SHIPPED)
+    assert exported["model_options"] == shipped["model_options"] == json.load(
+        open(os.path.join(ROOT, "configs", "traincolor.json")))["model"]["options"]
+    assert set(exported["model"]) == set(shipped["model"]) and exported["step"] == 2
+    assert sorted(os.listdir(weights)) == ["compact_nrlgdn.pth", "compact_nrlgdn_2.pth"]
+
+
+# 4 -------------------------------------------------------------------------------------------------
+MY_NET = '''
+import torch
+
+
+class MyNet(torch.nn.Module):
+    """Restores y + offset; takes its inputs in the order of input_keys (kernel first)."""
+    input_keys = ("k", "y")
+    default_loss = "readme_test_loss"
+
+    def __init__(self):
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, k, y):
+        assert k.shape[1] == 1 and y.shape[1] == 3, (k.shape, y.shape)
+        return y + self.offset
+'''
+
+
+@pytest.fixture
+def registry_cleanup():
+    from models.losses import LOSSES
+    from models.registry import MODELS
+
+    yield
+    MODELS._entries.pop("ReadmeMyNet", None)            # the registries have no public unregister
+    LOSSES._entries.pop("readme_test_loss", None)
+    sys.modules.pop("readme_my_net", None)
+
+
+def test_extension_recipe_new_model_and_loss_train_and_evaluate(tmp_path, monkeypatch, capsys, registry_cleanup):
+    assert 'register_model("MyNet", "models.my_net:MyNet")' in README
+    assert re.search(r"with `input_keys` and\s+`default_loss` class attributes; a new loss "
+                     r"`register_loss\(\"my_loss\", factory\)`", README)
+    from engine.evaluate import evaluate
+    from engine.train import train
+    from models import register_model
+    from models.losses import register_loss
+
+    (tmp_path / "readme_my_net.py").write_text(MY_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_model("ReadmeMyNet", "readme_my_net:MyNet")            # the string form, imported lazily
+    created, calls = [], []
+
+    def factory(weight=1.0):
+        created.append(weight)
+
+        def fn(outputs, batch):
+            calls.append(tuple(outputs["x"].shape))
+            loss = weight * (outputs["x"] - (batch["x"] + 0.5)).abs().mean()   # rewards brightening
+            return loss, {"my_l1": float(loss.detach())}
+        return fn
+
+    register_loss("readme_test_loss", factory)
+    img_dir, kernel_path = make_tiny_data(str(tmp_path), n_images=2, size=32)
+    cfg = tiny_train_config(str(tmp_path), img_dir, kernel_path, total_iters=2, epoch_val=0, run_name="ReadmeMyNet")
+    cfg["model"].update(model_select="ReadmeMyNet", options={}, loss="", loss_options={"weight": 2.0})
+    cfg["optimizer"]["lr"] = 0.1
+    cfg["scheduler"]["name"] = "none"
+    run = train(cfg)
+    assert run.status == "completed" and [h["step"] for h in run.history] == [1, 2]
+    assert created == [2.0] and calls == [(2, 3, 24, 24)] * 2                 # default_loss, loss_options
+    offset = float(read_checkpoint(run.exported)["model"]["offset"])
+    assert offset > 0.15                                                      # trained: two Adam steps of 0.1
+    assert run.exported == str(tmp_path / "weights" / "ReadmeMyNet.pth")
+
+    cfg["test_dataset"].update(root_path=str(tmp_path), test_data="images", kernel_path=kernel_path,
+                               is_test_gauss=True, is_test_nonuniform=False, compare_models=["wiener"],
+                               save_figures=False, result_save_file=str(tmp_path / "results"), run_name="mine")
+    capsys.readouterr()
+    result = evaluate(cfg)            # loads <model_save_file>/ReadmeMyNet.pth, the training export
+    tables = _printed_tables(capsys.readouterr().out)
+    assert tables["uniform_2.55"][0] == ["kernel", "degraded", "ReadmeMyNet", "wiener"]
+    mine = result.summary["uniform_2.55"]["ReadmeMyNet"]["all"]
+    degraded = result.summary["uniform_2.55"]["degraded"]["all"]
+    assert mine["n"] == 4 and mine["psnr"] < degraded["psnr"] - 3.0          # y + offset: the trained weights
+
+
+# 5 -------------------------------------------------------------------------------------------------
+def test_from_python_snippet_evaluates_and_trains(tmp_path, monkeypatch, capsys):
+    code = _readme_code("### From Python")
+    import utils.config
+
+    real_load = utils.config.load_config
+    loaded = []
+
+    def load_quickly(train_config, test_config, overrides=()):
+        """The snippet's own call, plus tmp folders and small sizes (never its total_iters)."""
+        cfg = real_load(train_config, test_config, list(overrides) + QUICK_TRAIN + [
+            "test_dataset.kernel_indices=[0]", "test_dataset.save_figures=false",
+            f"test_dataset.result_save_file={tmp_path / 'results'}",
+            f"train_options.checkpoint_dir={tmp_path / 'checkpoints'}", f"model.model_save_file={tmp_path / 'w'}"])
+        iters = cfg["train_options"]["total_iters"]
+        assert 0 < iters <= 50, f"the snippet must train briefly (train_options.total_iters={iters})"
+        loaded.append((list(overrides), cfg))
+        return cfg
+
+    monkeypatch.setattr(utils.config, "load_config", load_quickly)
+    monkeypatch.chdir(ROOT)                                   # the snippet's paths are relative to the checkout
+    namespace = {}
+    exec(compile(code, "README.md (From Python)", "exec"), namespace)
+    [(overrides, cfg)] = loaded
+    iters = cfg["train_options"]["total_iters"]
+    assert "test_dataset.max_images=1" in overrides
+    result, run = namespace["result"], namespace["run"]
+    # every attribute the snippet's comments name exists, with the documented structure
+    for name, obj in (("result", result), ("run", run)):
+        comment = re.search(rf"^{name} = .*?#(.*)$", code, re.M).group(1)
+        for attr in re.findall(r"\.(\w+)", comment):
+            assert hasattr(obj, attr), f"{name}.{attr}"
+    assert set(result.summary) == {"uniform_2.55", "sigma_map_gauss_5-25"}
+    cell = result.summary["uniform_2.55"]["compact_nrlgdn"]["0"]
+    assert set(cell) == {"psnr", "ssim", "n"} and cell["n"] == 1 and cell["psnr"] > 20
+    assert {os.path.basename(p) for p in result.files.values()} == {"summary.md", "summary.csv", "per_image.csv",
+                                                                     "results.json"}
+    assert all(os.path.isfile(p) and str(tmp_path) in p for p in result.files.values())
+    assert run.status == "completed" and len(run.history) == iters
+    assert set(run.history[0]) == {"epoch", "step", "loss"} and np.isfinite(run.history[-1]["loss"])
+    assert os.path.isfile(run.last_checkpoint) and os.path.isfile(run.exported)
+    assert isinstance(run.model, torch.nn.Module)
+
+
+# 6 -------------------------------------------------------------------------------------------------
+def test_double_slash_keys_are_ignored_in_config_files(tmp_path):
+    assert 'keys\nstarting with `//` are ignored, so `"//": "note"` can document a config file' in README
+    from utils.config import ConfigError, load_config
+
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({"//": "a file note", "model": {"//": "note", "// why": "more", "model_select": "wiener"},
+                                 "optimizer": {"//": "x", "lr": 0.01}}))
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps({"test_dataset": {"//": "note", "max_images": 2}}))
+    cfg = load_config(str(train), str(test))
+    assert cfg["model"]["model_select"] == "wiener" and cfg["optimizer"]["lr"] == 0.01
+    assert cfg["test_dataset"]["max_images"] == 2
+    assert not [k for section in cfg.values() if isinstance(section, dict) for k in section if k.startswith("//")]
+    train.write_text(json.dumps({"model": {"options": {"//": "inside an object", "num_steps": 3}},
+                                 "train_dataset": {"degradation": {"noise": {"//": "deeper", "type": "uniform",
+                                                                             "sigma": 5}}}}))
+    cfg = load_config(str(train))                                      # notes inside object values too
+    assert cfg["model"]["options"] == {"num_steps": 3}
+    assert cfg["train_dataset"]["degradation"]["noise"] == {"type": "uniform", "sigma": 5}
+    train.write_text(json.dumps({"model": {"note": "x"}}))            # the // prefix is what is ignored
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.note'"):
+        load_config(str(train))
+
+
+# 7 -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["bare", "wrapped", "module_prefix"])
+def test_python_api_snippet(tmp_path, monkeypatch, layout):
+    code = _readme_code("## Python API")
+    assert 'load_pretrained(net, "pretrainedmodels/NRL_GDN.pth")' in code
+    import models
+
+    real_build = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda name, **o: real_build(name, **{**TINY_NRLGDN, **o}))
+    torch.manual_seed(0)
+    source = real_build("NRL_GDN", **TINY_NRLGDN).eval()
+    state = source.state_dict()
+    obj = {"bare": state, "wrapped": {"model": state, "step": 5},
+           "module_prefix": {"module." + k: v for k, v in state.items()}}[layout]
+    (tmp_path / "pretrainedmodels").mkdir()
+    torch.save(obj, tmp_path / "pretrainedmodels" / "NRL_GDN.pth")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(1)                                       # the snippet's net starts from other weights
+    y = torch.rand(2, 3, 20, 18)
+    k = torch.zeros(2, 1, 5, 5)
+    k[:, :, 2, :] = 0.2
+    namespace = {"y": y, "k": k}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    net, x = namespace["net"], namespace["x"]
+    assert torch.is_tensor(x) and x.shape == y.shape
+    with torch.no_grad():
+        torch.testing.assert_close(x, source(y, k), rtol=0, atol=0)               # the file's weights
+        torch.testing.assert_close(net(y[:1], k[0, 0]), x[:1], rtol=1e-5, atol=1e-6)   # k as h×w
+
+
+# 8 -------------------------------------------------------------------------------------------------
+def test_dnd_submission_command_line(tmp_path):
+    pytest.importorskip("h5py")
+    import scipy.io
+
+    from models import build_model
+    from tests.test_dnd import make_dnd
+
+    assert "python tools/dnd_submission.py --dnd <DND folder> --out results/dnd --set model.pretrained=" in README
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join("tools", "dnd_submission.py"), *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    helped = run("--help")
+    assert helped.returncode == 0 and all(f in helped.stdout for f in ("--dnd", "--out", "--set"))
+    images, boxes = make_dnd(str(tmp_path / "dnd"))
+    options = {"n_feat": [8, 16], "dep_S": 3, "n_resblocks": 1, "snet_width": 8}
+    torch.manual_seed(0)
+    torch.save(build_model("VIRNet_denoise_real", **options).state_dict(), tmp_path / "virnet.pth")
+    args = ["--dnd", str(tmp_path / "dnd"), "--out", str(tmp_path / "out"),
+            "--set", f"model.pretrained={tmp_path / 'virnet.pth'}", "--set", f"model.options={json.dumps(options)}",
+            "--set", "test_dataset.self_ensemble=false"]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert f"wrote 2 bundle(s) to {tmp_path / 'out' / 'bundled'}" in first.stdout
+    for i, (img, box) in enumerate(zip(images, boxes)):
+        bundle = scipy.io.loadmat(tmp_path / "out" / "bundled" / f"{i + 1:04d}.mat")
+        blocks = bundle["Idenoised"][0]
+        assert len(blocks) == 20
+        for block, (t, l, b, r) in zip(blocks, box.astype(int)):
+            assert block.shape == (b - t + 1, r - l + 1, 3) and block.dtype == np.float32
+            assert 0 <= block.min() and block.max() <= 1
+    again = run(*args)                                        # a rerun skips the images already bundled
+    assert again.returncode == 0 and "wrote 0 bundle(s)" in again.stdout
