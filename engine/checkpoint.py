@@ -45,6 +45,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
 
+def cpu_state_dict(model) -> Dict[str, torch.Tensor]:
+    """Weights as CPU tensors: a file written on a GPU must load where there is none."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def save_training_state(path: str, *, model, optimizer, scheduler, scaler, epoch: int, step: int,
                         batch_in_epoch: int, best_metric: Optional[float], config: Dict[str, Any],
                         model_select: str, model_options: Dict[str, Any], run_id: str = "") -> str:
@@ -52,7 +57,7 @@ def save_training_state(path: str, *, model, optimizer, scheduler, scaler, epoch
     names the run across resumes (its export may replace only its own earlier export)."""
     state = {
         "format_version": FORMAT_VERSION,
-        "model": model.state_dict(),
+        "model": cpu_state_dict(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -73,7 +78,7 @@ def save_training_state(path: str, *, model, optimizer, scheduler, scaler, epoch
 def export_weights(path: str, *, model, config, model_select: str, model_options: Dict[str, Any],
                    extra: Optional[Dict[str, Any]] = None) -> str:
     """A weights-only file (`{"model": state_dict, ...}`) for evaluation and sharing."""
-    payload = {"model": model.state_dict(), "model_select": model_select, "model_options": model_options,
+    payload = {"model": cpu_state_dict(model), "model_select": model_select, "model_options": model_options,
                "config": config}
     payload.update(extra or {})
     atomic_save(payload, path)

@@ -158,6 +158,9 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     started = time.time()
     tcfg = cfg["test_dataset"]
     device = dist.select_device(cfg["train_options"]["disable_cuda"], cfg["train_options"]["device_ids"])
+    if device.type == "cuda":   # full float32 (no TF32) so GPU scores match the CPU's and the papers'
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     protocols = build_protocols(cfg)
     models = load_models(cfg, device)
     task = task_of(cfg, "test_dataset")

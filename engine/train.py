@@ -189,6 +189,8 @@ def train(cfg: Dict[str, Any], step_callback: Optional[Callable[[int, float], No
     _check_noise_flags(cfg)
     opts = cfg["train_options"]
     device = dist.select_device(opts["disable_cuda"], opts["device_ids"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed patch sizes: pick the fastest convolution once
     distributed = dist.init_from_env(device.type == "cuda")
     try:
         return _train(cfg, device, step_callback)

@@ -219,6 +219,8 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # float32 statistics, as autocast does for layer_norm: squares overflow float16
         pixels = x.flatten(2).transpose(1, 2)  # N×HW×C view: same reduction order as the published code
         mean = pixels.mean(-1, keepdim=True)
         var = pixels.var(-1, keepdim=True, unbiased=False)

@@ -13,13 +13,17 @@ from __future__ import annotations
 import torch
 
 from models.dsdnet_ops import BlurOperator
-from utils.operators import kernel_batch
+from utils.operators import compute_dtype, kernel_batch, no_autocast
 
 
 def l1_fft_terms(pred: torch.Tensor, target: torch.Tensor):
-    """(mean |pred − target|, mean |rfft2(pred) − rfft2(target)|) over all elements."""
-    spatial = (pred - target).abs().mean()
-    spectral = (torch.fft.rfft2(pred) - torch.fft.rfft2(target)).abs().mean()
+    """(mean |pred − target|, mean |rfft2(pred) − rfft2(target)|) over all elements, in float32 at least
+    (cuFFT has no bfloat16, and float16 only for power-of-two sizes)."""
+    dtype = compute_dtype(torch.promote_types(pred.dtype, target.dtype))
+    pred, target = pred.to(dtype), target.to(dtype)
+    with no_autocast(pred.device.type):
+        spatial = (pred - target).abs().mean()
+        spectral = (torch.fft.rfft2(pred) - torch.fft.rfft2(target)).abs().mean()
     return spatial, spectral
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.operators import conv_direct, kernel_batch, psf2otf
+from utils.operators import compute_dtype, conv_direct, kernel_batch, no_autocast, psf2otf
 
 PADDING_MODES = ("replicate", "circular", "reflect", "zeros")
 ADJOINTS = ("published", "exact")
@@ -81,7 +81,8 @@ class BlurOperator:
         if self.adjoint_kind == "published":
             # zero-padded correlation with the kernel, padded like K (off by one for even sizes)
             return conv_direct(r, torch.flip(self.k, dims=(-2, -1)), padding_mode="constant")
-        return self._exact_adjoint(r)
+        with no_autocast(r.device.type):  # float32 like conv_direct (utils.operators)
+            return self._exact_adjoint(r.to(compute_dtype(r.dtype)))
 
     def _exact_adjoint(self, r: torch.Tensor) -> torch.Tensor:
         n, c, h, w = r.shape

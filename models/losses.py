@@ -13,8 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from models.registry import LazyRegistry
+from utils.operators import compute_dtype
 
 LossResult = Tuple[torch.Tensor, Dict[str, float]]
+
+
+def _fp32_pair(x: torch.Tensor, gt: torch.Tensor):
+    """Output and ground truth in float32 at least: under autocast the output may be bfloat16/float16,
+    and rounding the target to 8 mantissa bits biases the loss."""
+    dtype = compute_dtype(torch.promote_types(x.dtype, gt.dtype))
+    return x.to(dtype), gt.to(dtype)
 
 
 def _world_size() -> int:
@@ -39,7 +47,7 @@ class PixelLoss:
         return torch.sqrt((x - gt) ** 2 + self.eps ** 2).mean()
 
     def __call__(self, outputs: dict, batch: dict) -> LossResult:
-        x, gt = outputs["x"], batch["x"].to(outputs["x"].dtype)
+        x, gt = _fp32_pair(outputs["x"], batch["x"])
         loss = self.weight * self.distance(x, gt)
         return loss, {self.kind: float(loss.detach())}
 
@@ -55,9 +63,9 @@ class NRLGDNL1(PixelLoss):
         super().__init__("l1", weight)
 
     def __call__(self, outputs: dict, batch: dict) -> LossResult:
-        x = outputs["x"]
+        x, gt = _fp32_pair(outputs["x"], batch["x"])
         n = x.shape[0] * _world_size()
-        loss = self.weight * F.l1_loss(x, batch["x"].to(x.dtype)) / (2 * n)
+        loss = self.weight * F.l1_loss(x, gt) / (2 * n)
         return loss, {"nrlgdn_l1": float(loss.detach())}
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from utils.operators import compute_dtype, no_autocast
+
 KERNEL_AXES = ("xy", "ij")
 
 
@@ -25,6 +27,12 @@ def kernel_from_covariance(cov: torch.Tensor, size: int = 21, axes: str = "xy") 
     _check_axes(axes)
     if cov.dim() != 3 or cov.shape[-2:] != (2, 2):
         raise ValueError(f"covariance must be N×2×2, got shape {tuple(cov.shape)}")
+    # float32 outside autocast: einsum would run as a half bmm, and uᵀΣ⁻¹u (Σ⁻¹ up to 1e4) overflows float16
+    with no_autocast(cov.device.type):
+        return _kernel_from_covariance(cov.to(compute_dtype(cov.dtype)), size, axes)
+
+
+def _kernel_from_covariance(cov: torch.Tensor, size: int, axes: str) -> torch.Tensor:
     inv, info = torch.linalg.inv_ex(cov)
     if bool((info != 0).any()):  # singular (|rho| = 1): add the published jitter
         eye = torch.eye(2, dtype=cov.dtype, device=cov.device)

@@ -84,7 +84,7 @@ def _gaussian_1d(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tenso
     return g / g.sum()
 
 
-def _valid_filter_1d(t: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
+def _valid_filter_1d(t: torch.Tensor, g, dim: int) -> torch.Tensor:
     """'valid' correlation of t with the 1-D window g along `dim`, as a sum of shifted slices
     (float64 conv2d has no fast CPU kernel; this is several times faster)."""
     size, n = len(g), t.shape[dim] - len(g) + 1
@@ -100,7 +100,7 @@ def _ssim_per_channel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     The 11×11 Gaussian window is the outer product of two 1-D windows, so the 'valid' filtering is
     a row pass then a column pass (22 instead of 121 multiply-adds per pixel)."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    g = _gaussian_1d(device=a.device)
+    g = _gaussian_1d().tolist()  # Python floats: no device->host copy per tap when the images are on a GPU
     maps = torch.stack([a, b, a * a, b * b, a * b])             # 5×C×H×W
     mu_a, mu_b, e_aa, e_bb, e_ab = _valid_filter_1d(_valid_filter_1d(maps, g, -1), g, -2)
     var_a, var_b, cov = e_aa - mu_a ** 2, e_bb - mu_b ** 2, e_ab - mu_a * mu_b

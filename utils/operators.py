@@ -1,15 +1,46 @@
 """Blur operators on batches: one kernel per sample, float32/64, CPU/GPU.
 
+Under autocast, or given float16/bfloat16 images, every operator computes (and returns) float32: cuFFT
+has no bfloat16 transform and takes float16 only for power-of-two sizes, and the residual y − A x of a
+low-noise image is lost in 8 bits of mantissa.
+
 Convention: `conv(x, k)` is the convolution of `scipy.ndimage.convolve` ("same" size, kernel centre at
 index h//2, w//2), so `conv_circular` equals `ndimage.convolve(mode='wrap')` and `conv` with zero
 padding equals `ndimage.convolve(mode='constant')`.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the operators compute in: float32 for float16/bfloat16, else `dtype` itself."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def no_autocast(device_type: str):
+    """A context that turns autocast off on `device_type` (a no-op where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def full_precision(fn):
+    """Run `fn(t, *args)` with autocast off and a float16/bfloat16 first argument upcast to float32."""
+    @functools.wraps(fn)
+    def wrapper(t, *args, **kwargs):
+        if torch.is_tensor(t):
+            with no_autocast(t.device.type):
+                return fn(t.to(compute_dtype(t.dtype)), *args, **kwargs)
+        return fn(t, *args, **kwargs)
+    return wrapper
 
 
 def kernel_batch(k: torch.Tensor, n: int, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,8 +57,8 @@ def kernel_batch(k: torch.Tensor, n: int, like: torch.Tensor | None = None) -> t
         k = k.expand(n, -1, -1, -1)
     if k.shape[0] != n:
         raise ValueError(f"got {k.shape[0]} kernels for a batch of {n} images")
-    if like is not None:
-        k = k.to(device=like.device, dtype=like.dtype)
+    if like is not None:  # float32, never half: a 25×25 kernel in 8 mantissa bits no longer sums to 1
+        k = k.to(device=like.device, dtype=compute_dtype(like.dtype))
     return k
 
 
@@ -46,6 +77,7 @@ def _grouped_correlate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, c, out.shape[-2], out.shape[-1])
 
 
+@full_precision
 def conv_direct(x: torch.Tensor, k: torch.Tensor, padding_mode: str = "constant") -> torch.Tensor:
     """A x: 'same' convolution, zero ('constant'), 'replicate', 'reflect' or 'circular' boundary."""
     k = kernel_batch(k, x.shape[0], x)
@@ -54,6 +86,7 @@ def conv_direct(x: torch.Tensor, k: torch.Tensor, padding_mode: str = "constant"
     return _grouped_correlate(x, torch.flip(k, dims=(-2, -1)))
 
 
+@full_precision
 def conv_adjoint_direct(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Aᵀ y for the zero-padded A: 'same' correlation with the mirrored padding."""
     k = kernel_batch(k, y.shape[0], y)
@@ -80,6 +113,7 @@ def _fft_shape(h: int, w: int, kh: int, kw: int):
     return fast_fft_size(h + kh - 1), fast_fft_size(w + kw - 1)
 
 
+@full_precision
 def conv_fft(x: torch.Tensor, k: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
     """A x (or Aᵀ x) with zero padding through an FFT of the linear (non-circular) convolution."""
     k = kernel_batch(k, x.shape[0], x)
@@ -134,6 +168,7 @@ def conv_adjoint(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return conv_adjoint_direct(y, k)
 
 
+@full_precision
 def psf2otf(k: torch.Tensor, shape, onesided: bool = False) -> torch.Tensor:
     """OTF of kernels N×1×h×w on an H×W grid: zero-pad, shift the centre (h//2, w//2) to (0, 0), FFT.
     `onesided=True` returns the rfft2 half spectrum (last axis W//2+1)."""
@@ -144,6 +179,7 @@ def psf2otf(k: torch.Tensor, shape, onesided: bool = False) -> torch.Tensor:
     return torch.fft.rfft2(otf) if onesided else torch.fft.fft2(otf)
 
 
+@full_precision
 def conv_circular(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Circular convolution by FFT; equals `scipy.ndimage.convolve(x, k, mode='wrap')`."""
     k = kernel_batch(k, x.shape[0], x)
@@ -158,7 +194,8 @@ def conv_circular(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 # Input checks shared by every (y, k) model
 # ----------------------------------------------------------------------------------------------
 def check_blur_inputs(y: torch.Tensor, k, y_name: str = "y", k_name: str = "k") -> torch.Tensor:
-    """Validate an image batch N×C×H×W and its kernels; return the kernels as N×1×h×w in y's dtype/device.
+    """Validate an image batch N×C×H×W and its kernels; return the kernels as N×1×h×w on y's device, in y's
+    dtype (float32 for a float16/bfloat16 y).
 
     One-line ValueErrors for: wrong ranks, batch mismatch, kernels larger than the image, kernels with
     NaN/Inf entries or a non-positive sum."""
@@ -206,6 +243,7 @@ def edgetaper_alpha(k: torch.Tensor, shape) -> torch.Tensor:
     return rows[..., :, None] * cols[..., None, :]
 
 
+@full_precision
 def edgetaper(img: torch.Tensor, k: torch.Tensor, n_tapers: int = 3) -> torch.Tensor:
     """Kruse et al. (2017) edgetaper: blend the image with its circular blur near the borders, n times,
     so that a periodic (FFT) deconvolution sees no boundary discontinuity."""
@@ -226,6 +264,7 @@ def _difference_otf_power(shape, dtype, device) -> torch.Tensor:
     return (2 - 2 * torch.cos(fy))[:, None] + (2 - 2 * torch.cos(fx))[None, :]
 
 
+@full_precision
 def eq22_init(y: torch.Tensor, k, reg: float = 0.002, n_tapers: int = 3) -> torch.Tensor:
     """Closed-form gradient-regularised deconvolution, Eq. (22) of the NRL-GDN paper:
 
