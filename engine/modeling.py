@@ -101,15 +101,16 @@ def default_weights_path(model_section: Dict[str, Any]) -> str:
 def build_for_evaluation(spec: ModelSpec, device: torch.device, missing_hint: str = "") -> nn.Module:
     """Build a model and load its weights; parameter-free models (baselines) need no weights.
 
-    When `spec.options` is empty and the checkpoint stores the options it was trained with (our
-    training checkpoints do), those options are used.
+    When the checkpoint stores the options it was trained with (our training checkpoints do), those are
+    the defaults and `spec.options` overrides them key by key.
     """
     state = None
     if spec.pretrained and os.path.isfile(spec.pretrained):
         state = read_checkpoint(spec.pretrained, key=f"{spec.key}.pretrained")
         stored = state.get("model_options") if isinstance(state, dict) else None
-        if not spec.options and isinstance(stored, dict) and state.get("model_select") in (None, spec.name):
-            spec.options = {k: v for k, v in stored.items() if k != "grad_checkpointing"}
+        if isinstance(stored, dict) and state.get("model_select") in (None, spec.name):
+            # the options the weights were trained with, with the configured ones on top (e.g. boundary)
+            spec.options = {**{k: v for k, v in stored.items() if k != "grad_checkpointing"}, **spec.options}
     model = instantiate(spec)
     if not has_parameters(model):
         spec.pretrained = ""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from models.drunet import DRUNet
-from utils.operators import check_blur_inputs, conv, conv_adjoint, eq22_init
+from utils.operators import BOUNDARIES, blur_pair, check_blur_inputs, eq22_init
 
 
 class RGDNBlock(nn.Module):
@@ -70,8 +70,8 @@ class _EarlyStop:
         self.prev_rel = 0.0
 
     @torch.no_grad()
-    def should_stop(self, step: int, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> bool:
-        error = torch.linalg.vector_norm(conv(x, k) - y) / 2
+    def should_stop(self, step: int, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, blur) -> bool:
+        error = torch.linalg.vector_norm(blur(x, k) - y) / 2
         if step == 0:
             self.prev_error = error
             return False
@@ -88,7 +88,9 @@ class NRLGDNUnrolled(nn.Module):
     steps), stop_epsilon (published switch: the rule runs only when finite), stop_threshold (1e-3),
     grad_checkpointing (recompute each step in backward: memory flat in the number of steps),
     r_channels / r_blocks (DRUNet widths / ResBlocks per scale), hd_channels (H and D width), in_nc,
-    channels_last (CNN layout), record_steps (return {"x", "steps"}).
+    channels_last (CNN layout), record_steps (return {"x", "steps"}), boundary ('zeros': the published
+    zero-padded A and replicate-padded, edge-tapered Eq. (22); 'circular': periodic A, Aᵀ and Eq. (22), for
+    circularly blurred inputs such as the synthetic test protocols). The boundary adds no parameters.
     """
 
     input_keys = ("y", "k")
@@ -100,8 +102,11 @@ class NRLGDNUnrolled(nn.Module):
     def __init__(self, num_steps: int = 40, early_stop: bool = True, stop_epsilon: float | None = None,
                  stop_threshold: float = 1e-3, grad_checkpointing: bool = False,
                  r_channels: Sequence[int] = (64, 128, 256, 512), r_blocks: int = 4, hd_channels: int = 64,
-                 in_nc: int = 3, channels_last: bool = True, record_steps: bool = False):
+                 in_nc: int = 3, channels_last: bool = True, record_steps: bool = False, boundary: str = "zeros"):
         super().__init__()
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        self.boundary = boundary
         if int(num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.num_steps = int(num_steps)
@@ -127,10 +132,11 @@ class NRLGDNUnrolled(nn.Module):
         return block(x)
 
     def initial_estimate(self, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return eq22_init(y, k) if self.init_mode == "eq22" else y
+        return eq22_init(y, k, boundary=self.boundary) if self.init_mode == "eq22" else y
 
     def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """One NRL-GDN update unit x^t -> x^{t+1}."""
+        conv, conv_adjoint = blur_pair(self.boundary)
         residual = conv(x, k) - y
         if self.h_after_adjoint:
             data_term = self._cnn(self.h, conv_adjoint(residual, k))
@@ -159,7 +165,7 @@ class NRLGDNUnrolled(nn.Module):
                 x = self.update(x, y, k)
             if self.record_steps:
                 steps.append(x)
-            if monitor is not None and monitor.should_stop(t, x, y, k):
+            if monitor is not None and monitor.should_stop(t, x, y, k, blur_pair(self.boundary)[0]):
                 break
         self.last_num_steps = t + 1
         if self.record_steps:

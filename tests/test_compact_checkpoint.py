@@ -32,3 +32,14 @@ def test_shipped_compact_model_beats_its_input_and_wiener_under_a_sigma_map():
         gains_wiener.append(score(ours) - score(baseline))
     assert min(gains_input) > 2.0, gains_input
     assert sum(gains_wiener) / len(gains_wiener) > 1.0, gains_wiener
+
+
+def test_configured_options_override_the_stored_ones_key_by_key():
+    from engine.modeling import ModelSpec, build_for_evaluation
+
+    path = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
+    spec = ModelSpec(name="NRL_GDN", options={"boundary": "circular", "num_steps": 8}, pretrained=path)
+    net = build_for_evaluation(spec, torch.device("cpu"))
+    stored = torch.load(path, weights_only=True)["model_options"]
+    assert net.boundary == "circular" and net.num_steps == 8
+    assert spec.options == {**stored, "boundary": "circular", "num_steps": 8}

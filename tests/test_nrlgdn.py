@@ -12,6 +12,7 @@ from models import build_model
 from models.drunet import DRUNet
 from models.nrlgdn import NRL_GDN, NRL_GDN_Y0, RGDNBlock, rgdn_uniform
 from tests.test_operators import _np_eq22
+from utils.operators import conv_circular
 
 SMALL = dict(r_channels=(4, 6, 8, 10), r_blocks=2, hd_channels=5)
 TSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "nrlgdn_state_dict.tsv")
@@ -274,3 +275,22 @@ def test_forward_any_size_and_errors():
         net(y, torch.ones(11, 3) / 33)
     with pytest.raises(ValueError, match="num_steps"):
         NRL_GDN(num_steps=0)
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+def test_boundary_option_sets_the_data_term_operator(boundary):
+    """At the true image of a noise-free circular blur, the circular data term vanishes (H has no bias), so
+    one update is x + D(R(x)); the zero-padded operator sees a residual along the borders."""
+    torch.manual_seed(0)
+    net = build_model("NRL_GDN", num_steps=2, r_channels=(4, 6, 8, 10), r_blocks=1, hd_channels=4,
+                      boundary=boundary).double().eval()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    k = torch.rand(1, 1, 5, 5, dtype=torch.float64)
+    k /= k.sum()
+    y = conv_circular(x, k)
+    with torch.no_grad():
+        prior_only = x + net._cnn(net.d_alpha, net._cnn(net.r, x))
+        gap = (net.update(x, y, k) - prior_only).abs().max().item()
+    assert (gap < 1e-12) == (boundary == "circular"), gap
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        build_model("NRL_GDN", boundary="reflect")

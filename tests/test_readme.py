@@ -145,8 +145,9 @@ def test_train_command_exports_beside_never_over_the_shipped_checkpoint(tmp_path
     assert _sha256(weights / "compact_nrlgdn.pth") == shipped_before == _sha256(SHIPPED)   # untouched
     exported = read_checkpoint(str(weights / "compact_nrlgdn_2.pth"))
     shipped = read_checkpoint(SHIPPED)
-    assert exported["model_options"] == shipped["model_options"] == json.load(
-        open(os.path.join(ROOT, "configs", "traincolor.json")))["model"]["options"]
+    configured = json.load(open(os.path.join(ROOT, "configs", "traincolor.json")))["model"]["options"]
+    assert exported["model_options"] == configured                  # trained as configured (boundary too)
+    assert {**shipped["model_options"], "boundary": "circular"} == configured   # the same architecture
     assert set(exported["model"]) == set(shipped["model"]) and exported["step"] == 2
     assert sorted(os.listdir(weights)) == ["compact_nrlgdn.pth", "compact_nrlgdn_2.pth"]
 

@@ -122,8 +122,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                             "test_dataset.num_channels and checked against the model's in_nc"), choices=(1, 3)),
         "iter_num": Key(1, "int", _COMPAT.format(why="the number of unrolled steps is options.num_steps")),
         "options": Key({}, "dict", "Constructor options passed to `build_model` (e.g. num_steps, "
-                       "early_stop, r_channels). Empty when evaluating a checkpoint that stores its "
-                       "options: those are used."),
+                       "early_stop, r_channels, boundary). Evaluating a checkpoint that stores its options "
+                       "(ours do): those are the defaults and these override them key by key."),
         "pretrained": Key("", "str", "Weights to evaluate (empty: `<model_save_file>/<model_select>.pth`, "
                           "the published location). Not used for training."),
         "init_from": Key("", "str", "Training only: start from these weights (fine-tuning); empty: fresh "

@@ -190,6 +190,28 @@ def conv_circular(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(x) * otf, s=(h, w))
 
 
+@full_precision
+def conv_circular_adjoint(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Aᵀ y for the circular A of `conv_circular` (any kernel size up to the image's): conj(OTF) by FFT."""
+    k = kernel_batch(k, y.shape[0], y)
+    h, w = y.shape[-2:]
+    otf = psf2otf(k, (h, w), onesided=True)
+    return torch.fft.irfft2(torch.fft.rfft2(y) * otf.conj(), s=(h, w))
+
+
+BOUNDARIES = ("zeros", "circular")
+
+
+def blur_pair(boundary: str):
+    """(A, Aᵀ) for a boundary model: 'zeros' (zero-padded 'same' convolution, the published NRL-GDN) or
+    'circular' (periodic, the blur of the synthetic test protocols and of Wiener's FFT)."""
+    if boundary == "zeros":
+        return conv, conv_adjoint
+    if boundary == "circular":
+        return conv_circular, conv_circular_adjoint
+    raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Input checks shared by every (y, k) model
 # ----------------------------------------------------------------------------------------------
@@ -265,10 +287,12 @@ def _difference_otf_power(shape, dtype, device) -> torch.Tensor:
 
 
 @full_precision
-def eq22_init(y: torch.Tensor, k, reg: float = 0.002, n_tapers: int = 3) -> torch.Tensor:
+def eq22_init(y: torch.Tensor, k, reg: float = 0.002, n_tapers: int = 3, boundary: str = "zeros") -> torch.Tensor:
     """Closed-form gradient-regularised deconvolution, Eq. (22) of the NRL-GDN paper:
 
         x = crop F⁻¹[ conj(K)·F(ỹ) / (|K|² + reg·(|Gx|² + |Gy|²)) ],
+
+    boundary 'circular': ỹ = y and no crop (y is taken as periodic, as a circular blur makes it).
 
     ỹ = y replicate-padded by the kernel's half sizes ((kw-1)//2 left, kw//2 right, (kh-1)//2 top,
     kh//2 bottom) and edge-tapered `n_tapers` times. For odd square kernels this coincides with the
@@ -277,10 +301,12 @@ def eq22_init(y: torch.Tensor, k, reg: float = 0.002, n_tapers: int = 3) -> torc
     work here (the published code supports odd kernels only).
     """
     k = check_blur_inputs(y, k)
+    blur_pair(boundary)  # checks the name
     kh, kw = k.shape[-2:]
-    top, left = (kh - 1) // 2, (kw - 1) // 2
-    padded = F.pad(y, (left, kw // 2, top, kh // 2), mode="replicate")
-    padded = edgetaper(padded, k, n_tapers)
+    top, left = ((kh - 1) // 2, (kw - 1) // 2) if boundary == "zeros" else (0, 0)
+    padded = y
+    if boundary == "zeros":
+        padded = edgetaper(F.pad(y, (left, kw // 2, top, kh // 2), mode="replicate"), k, n_tapers)
     shape = padded.shape[-2:]
     otf = psf2otf(k, shape, onesided=True)
     denom = otf.real ** 2 + otf.imag ** 2 + reg * _difference_otf_power(shape, y.dtype, y.device)
