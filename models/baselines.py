@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.operators import check_blur_inputs, eq22_init
+from utils.operators import blur_pair, check_blur_inputs, eq22_init
 
 
 class _TrainingFree(nn.Module):
@@ -34,14 +34,16 @@ class _TrainingFree(nn.Module):
 
 
 class Eq22Init(_TrainingFree):
-    """x = F⁻¹[conj(K) F(ỹ) / (|K|² + reg (|Gx|² + |Gy|²))] on the replicate-padded, edge-tapered y."""
+    """x = F⁻¹[conj(K) F(ỹ) / (|K|² + reg (|Gx|² + |Gy|²))] on the replicate-padded, edge-tapered y
+    (boundary 'zeros', as NRL-GDN starts) or on y itself taken as periodic (boundary 'circular')."""
 
-    def __init__(self, reg: float = 0.002, n_tapers: int = 3):
+    def __init__(self, reg: float = 0.002, n_tapers: int = 3, boundary: str = "zeros"):
         super().__init__()
-        self.reg, self.n_tapers = float(reg), int(n_tapers)
+        self.reg, self.n_tapers, self.boundary = float(reg), int(n_tapers), boundary
+        blur_pair(boundary)  # one-line error for an unknown boundary
 
     def restore(self, y, k):
-        return eq22_init(y, k, reg=self.reg, n_tapers=self.n_tapers)
+        return eq22_init(y, k, reg=self.reg, n_tapers=self.n_tapers, boundary=self.boundary)
 
 
 class _PerChannelNumpy(_TrainingFree):

@@ -68,3 +68,13 @@ def test_baselines_validate_inputs():
         Wiener(balance=0)
     with pytest.raises(ValueError, match="padding"):
         RichardsonLucy(padding="zeros")
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+def test_eq22_baseline_takes_the_boundary_model(boundary):
+    y = torch.rand(1, 3, 30, 34, dtype=torch.float64)
+    k = torch.rand(7, 5, dtype=torch.float64)
+    k /= k.sum()
+    out = build_model("eq22_init", boundary=boundary)(y, k)
+    torch.testing.assert_close(out, eq22_init(y, k, boundary=boundary), atol=0, rtol=0)
+    assert not torch.allclose(out, eq22_init(y, k, boundary={"zeros": "circular", "circular": "zeros"}[boundary]))
