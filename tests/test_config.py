@@ -228,8 +228,7 @@ def test_compact_recipe_chains_its_stages_into_the_default_run():
     def cfg(name):
         return load_config(os.path.join(ROOT, "configs", name), None)
 
-    names = ["train_compact_stage1.json", "train_compact_stage2.json", "train_compact_stage3.json",
-             "train_compact.json"]
+    names = [f"train_compact_stage{i}.json" for i in range(1, 5)] + ["train_compact.json"]
     stages, default = [cfg(n) for n in names], cfg("traincolor.json")
     export = lambda c: os.path.join(c["model"]["model_save_file"], c["train_options"]["run_name"] + ".pth")
     assert not stages[0]["model"]["init_from"]          # stage 1 starts from scratch
