@@ -366,3 +366,25 @@ def test_dnd_submission_command_line(tmp_path):
             assert 0 <= block.min() and block.max() <= 1
     again = run(*args)                                        # a rerun skips the images already bundled
     assert again.returncode == 0 and "wrote 0 bundle(s)" in again.stdout
+
+
+def test_real_photo_command_with_the_published_boundary(tmp_path, capsys):
+    """README: `--test_config configs/test_real.json --set model.options.boundary=zeros` restores the photos
+    in `test_dataset/real blurred image29/` with the compact model (here: one photo in a tmp copy)."""
+    assert "--test_config configs/test_real.json \\\n    --set model.options.boundary=zeros" in README
+    rng = np.random.default_rng(0)
+    photos, kernels = tmp_path / "real blurred image29", tmp_path / "kernels"
+    from utils.io import save_image
+
+    save_image(str(photos / "photo.png"), torch.from_numpy(rng.random((3, 40, 48))).float())
+    k = np.zeros((7, 7))
+    k[3, :] = 1.0
+    save_image(str(kernels / "photo.png"), torch.from_numpy(k)[None].float())
+    args = ["--test_config", "configs/test_real.json", "--set", "model.options.boundary=zeros",
+            "--set", f"test_dataset.root_path={tmp_path}", "--set", f"test_dataset.kernel_path={kernels}",
+            "--set", f"test_dataset.result_save_file={tmp_path / 'results'}", "--set", "test_dataset.save_figures=false"]
+    assert deblurring.main(args) == 0
+    out = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "results") for f in files
+           if f == "photo_compact_nrlgdn.png"]
+    assert len(out) == 1 and np.asarray(Image.open(out[0])).shape == (40, 48, 3)
+    capsys.readouterr()
