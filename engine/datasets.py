@@ -56,6 +56,24 @@ def _images(root: str, key: str, gray: bool, max_images: int, default):
     return items[:max_images] if max_images else items
 
 
+def _split_holdout(cfg, gray: bool):
+    """The training folder's images split into (trained on, held out for validation): the last
+    train_dataset.holdout images in name order are never trained on."""
+    from data.images import default_images
+
+    d = cfg["train_dataset"]
+    items = _images(d["root_path"], "train_dataset.root_path", gray, d["max_images"], default_images)
+    if d["holdout"] >= len(items):
+        raise ConfigError(f"train_dataset.holdout: {d['holdout']} held-out images leave none of the "
+                          f"{len(items)} training images to train on")
+    cut = len(items) - d["holdout"]
+    return items[:cut], items[cut:]
+
+
+def _train_images(cfg, gray: bool):
+    return _split_holdout(cfg, gray)[0]
+
+
 def noise_spec(cfg) -> Dict[str, Any]:
     """Training noise from the published flags (train_options.is_train_*) and train_dataset keys."""
     d, o = cfg["train_dataset"], cfg["train_options"]
@@ -108,7 +126,7 @@ def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worke
         if d["paired"]:
             dataset = _paired_train_set(d, gray, cfg["train_options"]["seed"])
         else:
-            images = _images(d["root_path"], "train_dataset.root_path", gray, d["max_images"], default_images)
+            images = _train_images(cfg, gray)
             dataset = TrainDataset(images, d["patch_size"], degradation_spec(cfg, scale),
                                    seed=cfg["train_options"]["seed"], gray=gray, length=d["repeat"] * len(images))
     except ConfigError:
@@ -159,7 +177,17 @@ def build_val_set(cfg, scale: Optional[int] = None):
     gray = v["num_channels"] == 1
     if v["paired"] or v["noisy_mat"] or v["clean_mat"]:
         return _real_noise_val_items(v, gray)
-    images = _images(v["root_path"], "val_dataset.root_path", gray, v["max_images"], default_test_images)
+    if v["use_holdout"]:
+        if v["root_path"]:
+            raise ConfigError("val_dataset.use_holdout: validation images come from the training folder; "
+                              f"leave val_dataset.root_path empty (it is '{v['root_path']}')")
+        if not cfg["train_dataset"]["holdout"]:
+            raise ConfigError("val_dataset.use_holdout: set train_dataset.holdout to the number of training "
+                              "images to keep out of training for validation")
+        held = _split_holdout(cfg, gray)[1]
+        images = held[:v["max_images"]] if v["max_images"] else held
+    else:
+        images = _images(v["root_path"], "val_dataset.root_path", gray, v["max_images"], default_test_images)
     task = task_of(cfg, "val_dataset")
     if task != "deblur" or v["degradation"]:
         return _degraded_items(cfg, task, images, gray, scale)

@@ -352,3 +352,26 @@ def test_items_do_not_alias_cached_images():
     ts = TestDataset(images, None, None)
     ts[0]["x"].zero_()
     assert torch.equal(ds.images[0], source) and torch.equal(ts.images[0], source)
+
+
+def test_holdout_images_validate_and_are_never_trained_on(tmp_path):
+    from engine.datasets import build_train_loader, build_val_set
+    from utils.config import ConfigError, from_dict
+
+    for i in range(5):
+        Image.fromarray(RNG.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    cfg = from_dict({"train_dataset": {"root_path": str(tmp_path), "holdout": 2, "patch_size": 16, "num_workers": 0},
+                     "val_dataset": {"use_holdout": True, "patch_size": 16, "degradation": {
+                         "kernels": {"type": "random", "size": 5}, "noise": {"type": "uniform", "sigma": 5}}}})
+    _, _, trained = build_train_loader(cfg, 1, 0, 1)
+    assert len(trained) == 3
+    assert [item["name"] for item in build_val_set(cfg)] == ["im3", "im4"]
+    cfg["train_dataset"]["holdout"] = 5
+    with pytest.raises(ConfigError, match="train_dataset.holdout: 5 held-out images leave none of the 5"):
+        build_val_set(cfg)
+    cfg["train_dataset"]["holdout"] = 0
+    with pytest.raises(ConfigError, match="val_dataset.use_holdout: set train_dataset.holdout"):
+        build_val_set(cfg)
+    cfg["train_dataset"]["holdout"], cfg["val_dataset"]["root_path"] = 2, str(tmp_path)
+    with pytest.raises(ConfigError, match="val_dataset.use_holdout: .*leave val_dataset.root_path empty"):
+        build_val_set(cfg)

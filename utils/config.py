@@ -67,6 +67,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "poisson_peak": Key(128.0, "float", "Poisson–Gaussian training noise: photon scale χ "
                             "(train_options.is_train_poisson_gaussian).", min=0),
         "max_images": Key(0, "int", "Use only the first N training images (0: all).", min=0),
+        "holdout": Key(0, "int", "Keep the last N training images (in name order) out of training; "
+                       "val_dataset.use_holdout validates on them, so no test image is used to choose a step.",
+                       min=0),
         "repeat": Key(1, "int", "An epoch visits every training image this many times (different crops).", min=1),
         "quantize_blur": Key(False, "bool", "Round the blurred image down to 8-bit levels before the noise "
                              "(the published training blurs uint8 images)."),
@@ -94,6 +97,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "sigma_map_type": Key("", "str", "Non-empty: validate under this σ-map instead of noise_level.",
                               choices=("",) + SIGMA_MAPS),
         "max_images": Key(0, "int", "Validate on the first N images only (0: all).", min=0),
+        "use_holdout": Key(False, "bool", "Validate on the images train_dataset.holdout keeps out of training "
+                           "(root_path must be empty)."),
         "patch_size": Key(0, "int", "Centre-crop validation images to this side (0: full images).", min=0),
         "protocol": Key({}, "dict", "Explicit validation degradation {noise, blur, scale} as in "
                         "test_dataset.protocols (e.g. {\"noise\": 25, \"blur\": null} for denoising); "
