@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from models.contract import unwrap  # noqa: F401 (engine code imports it from here)
+
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -88,11 +90,6 @@ def wrap_model(model: nn.Module, device: torch.device, device_ids) -> nn.Module:
         return nn.DataParallel(model, device_ids=list(device_ids))
     return model
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
 
 
 def select_device(disable_cuda: bool, device_ids) -> torch.device:

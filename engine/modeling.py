@@ -11,6 +11,8 @@ import torch.nn as nn
 from engine.checkpoint import read_checkpoint
 from engine.distributed import unwrap
 from models import build_model, load_pretrained
+from models.checkpoint import model_recipe
+from models.contract import has_hook, hook
 from models.growth import load_grown
 from utils.config import ConfigError
 
@@ -25,7 +27,7 @@ def as_outputs(out) -> Dict[str, Any]:
 
 
 def input_keys(model: nn.Module):
-    return tuple(getattr(unwrap(model), "input_keys", ("y", "k")))
+    return tuple(hook(model, "input_keys"))
 
 
 def run_model(model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -101,16 +103,13 @@ def default_weights_path(model_section: Dict[str, Any]) -> str:
 def build_for_evaluation(spec: ModelSpec, device: torch.device, missing_hint: str = "") -> nn.Module:
     """Build a model and load its weights; parameter-free models (baselines) need no weights.
 
-    When the checkpoint stores the options it was trained with (our training checkpoints do), those are
-    the defaults and `spec.options` overrides them key by key.
+    The options stored in our checkpoints (or those a published file needs) are the defaults and
+    `spec.options` overrides them key by key (`models.checkpoint.model_recipe`, as `models.load_model`).
     """
     state = None
     if spec.pretrained and os.path.isfile(spec.pretrained):
         state = read_checkpoint(spec.pretrained, key=f"{spec.key}.pretrained")
-        stored = state.get("model_options") if isinstance(state, dict) else None
-        if isinstance(stored, dict) and state.get("model_select") in (None, spec.name):
-            # the options the weights were trained with, with the configured ones on top (e.g. boundary)
-            spec.options = {**{k: v for k, v in stored.items() if k != "grad_checkpointing"}, **spec.options}
+        _, spec.options = model_recipe(state, spec.pretrained, spec.name, spec.options)
     model = instantiate(spec)
     if not has_parameters(model):
         spec.pretrained = ""
@@ -136,9 +135,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def maybe_record_steps(model: nn.Module, enable: bool) -> bool:
     """Turn on per-step outputs where the model supports them; returns whether it does."""
-    target = unwrap(model)
-    if hasattr(target, "record_steps"):
-        target.record_steps = bool(enable)
+    if has_hook(model, "record_steps"):
+        unwrap(model).record_steps = bool(enable)
         return True
     return False
 
@@ -162,7 +160,7 @@ def load_initial_weights(model: nn.Module, path: Optional[str], grow: bool = Fal
 
 def check_channels(model: nn.Module, channels: int, key: str) -> None:
     """Models that declare `in_nc` must get images with that many channels."""
-    expected = getattr(unwrap(model), "in_nc", None)
+    expected = hook(model, "in_nc")
     if isinstance(expected, int) and expected != channels:
         raise ConfigError(f"{key}: {channels}-channel images, but {type(unwrap(model)).__name__} takes "
                           f"{expected} channels (set {key} to {expected}, or the model option in_nc)")

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from engine.distributed import unwrap
+from models.contract import hook
 from utils.config import TASKS, ConfigError
 
 SR_KERNEL_SIZE = 21
@@ -28,7 +29,7 @@ def task_of(cfg, section: str) -> str:
 
 def model_scale(model) -> Optional[int]:
     """The upscaling factor a model declares (`scale` attribute, e.g. VIRNetSR), else None."""
-    scale = getattr(unwrap(model), "scale", None)
+    scale = hook(model, "scale")
     return int(scale) if isinstance(scale, (int, np.integer)) and not isinstance(scale, bool) else None
 
 

@@ -134,8 +134,10 @@ class NRLGDNUnrolled(nn.Module):
     def initial_estimate(self, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return eq22_init(y, k, boundary=self.boundary) if self.init_mode == "eq22" else y
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """One NRL-GDN update unit x^t -> x^{t+1}."""
+    def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: int) -> torch.Tensor:
+        """One NRL-GDN update unit x^t -> x^{t+1}; t = 0, 1, ... is the step index (unused here: the
+        weights are shared by all steps). A variant with per-step parameters overrides this and indexes
+        them with t, which grad_checkpointing passes again when it recomputes the step."""
         conv, conv_adjoint = blur_pair(self.boundary)
         residual = conv(x, k) - y
         if self.h_after_adjoint:
@@ -160,9 +162,9 @@ class NRLGDNUnrolled(nn.Module):
         steps = []
         for t in range(self.num_steps):
             if use_checkpoint:
-                x = checkpoint(self.update, x, y, k, use_reentrant=False)
+                x = checkpoint(self.update, x, y, k, t, use_reentrant=False)
             else:
-                x = self.update(x, y, k)
+                x = self.update(x, y, k, t)
             if self.record_steps:
                 steps.append(x)
             if monitor is not None and monitor.should_stop(t, x, y, k, blur_pair(self.boundary)[0]):

@@ -205,7 +205,7 @@ def test_early_stop_counts_steps_like_published_rule(errors):
     base = base * (2.0 / norm)  # ||A base|| / 2 == 1
     net = NRL_GDN_Y0(num_steps=num_steps, record_steps=True, **SMALL).double()
     sequence = iter(errors)
-    net.update = lambda x, y, k: base * next(sequence)
+    net.update = lambda x, y, k, t: base * next(sequence)
     out = net(y, k)
     want = expected_steps(errors, num_steps)
     assert net.last_num_steps == want == len(out["steps"])
@@ -213,7 +213,7 @@ def test_early_stop_counts_steps_like_published_rule(errors):
     for flags in (dict(early_stop=False), dict(stop_epsilon=math.inf)):
         fixed = NRL_GDN_Y0(num_steps=num_steps, **flags, **SMALL).double()
         sequence = iter(errors)
-        fixed.update = lambda x, y, k: base * next(sequence)
+        fixed.update = lambda x, y, k, t: base * next(sequence)
         fixed(y, k)
         assert fixed.last_num_steps == num_steps
 
@@ -290,7 +290,7 @@ def test_boundary_option_sets_the_data_term_operator(boundary):
     y = conv_circular(x, k)
     with torch.no_grad():
         prior_only = x + net._cnn(net.d_alpha, net._cnn(net.r, x))
-        gap = (net.update(x, y, k) - prior_only).abs().max().item()
+        gap = (net.update(x, y, k, 0) - prior_only).abs().max().item()
     assert (gap < 1e-12) == (boundary == "circular"), gap
     with pytest.raises(ValueError, match="boundary must be one of"):
         build_model("NRL_GDN", boundary="reflect")
