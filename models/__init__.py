@@ -1,4 +1,5 @@
-"""Public API: `build_model(name, **options)`, `load_pretrained(model, path)`, `list_models()`."""
+"""Public API: `build_model(name, **options)`, `load_model(path, **options)`, `load_pretrained(model, path)`,
+`list_models()`, `register_model(name, target)`."""
 from models.registry import build_model, list_models, register_model, resolve_model
 
 
@@ -8,4 +9,12 @@ def load_pretrained(model, path, **kwargs):
     return _load(model, path, **kwargs)
 
 
-__all__ = ["build_model", "list_models", "register_model", "resolve_model", "load_pretrained"]
+def load_model(path, name=None, **kwargs):
+    """The model stored at `path` (name and options from the file, or `name`), in eval mode; keywords
+    other than strict/map_location are model options replacing the stored ones."""
+    from models.checkpoint import load_model as _load
+
+    return _load(path, name, **kwargs)
+
+
+__all__ = ["build_model", "list_models", "register_model", "resolve_model", "load_pretrained", "load_model"]

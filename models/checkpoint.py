@@ -4,14 +4,19 @@ Accepted files (always read with `torch.load(weights_only=True)`): a bare state_
 `module.` prefix of DataParallel/DDP, or a dict wrapping it under one of WRAPPER_KEYS:
 'model' (our engine), 'params' (DSDNet+), 'model_state_dict' (VIRNet), 'state_dict', 'net' (NRL-GDN
 training checkpoints).
+
+`load_model(path, name=None, **options)` builds the right model for a file and loads it (see model_recipe).
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+
+from models.published import published_for_file
 
 WRAPPER_KEYS = ("model", "params", "model_state_dict", "state_dict", "net")
 _SHOWN = 5  # keys listed per category in error messages
@@ -77,6 +82,55 @@ def load_checkpoint(path, map_location="cpu"):
 def read_state_dict(path, map_location="cpu") -> dict:
     """The state_dict stored in the checkpoint at `path` (see the module docstring for the layouts)."""
     return extract_state_dict(load_checkpoint(path, map_location), os.fspath(path))
+
+
+def _registered_stem(path) -> Optional[str]:
+    from models.registry import list_models
+
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    return stem if stem in list_models() else None
+
+
+def model_recipe(checkpoint, path, name: Optional[str] = None,
+                 overrides: Optional[Mapping] = None) -> Tuple[str, Dict[str, Any]]:
+    """(registered name, build options) for the weights read from `path`.
+
+    The name: `name`, else the one our checkpoints store (`model_select`), else the one a published file
+    name or a registered file stem implies. The options: those our checkpoints store (when they were
+    saved for this model), else those a published file needs (models/published.py); `overrides` replace
+    them key by key. `grad_checkpointing` is a training switch and is never taken from a file."""
+    path = os.fspath(path)
+    wrapped = checkpoint if isinstance(checkpoint, Mapping) else {}
+    stored_name, stored = wrapped.get("model_select"), wrapped.get("model_options")
+    published = published_for_file(path)
+    if name is None:
+        name = stored_name or (published[0] if published else None) or _registered_stem(path)
+    if name is None:
+        raise ValueError(f"{path}: cannot tell which model it holds (no model name stored in it, and "
+                         f"'{os.path.basename(path)}' is no registered or published file name); pass the "
+                         "name, e.g. load_model(path, name=\"NRL_GDN\", **options)")
+    options: Dict[str, Any] = {}
+    if isinstance(stored, Mapping) and stored_name in (None, name):
+        options = {k: v for k, v in stored.items() if k != "grad_checkpointing"}
+    elif stored is None and published and published[0] == name:
+        options = published[1]
+    return name, {**options, **dict(overrides or {})}
+
+
+def load_model(path, name: Optional[str] = None, *, strict: bool = True, map_location="cpu",
+               **options) -> torch.nn.Module:
+    """The model stored at `path`, built and loaded, in eval mode.
+
+    Our checkpoints store the model name and options; the published files only weights, so their model
+    comes from their published file name or from `name`. Every other keyword is a model option that
+    replaces the stored one (e.g. boundary="zeros", num_steps=10). See `model_recipe`."""
+    from models.registry import build_model
+
+    checkpoint = load_checkpoint(path, map_location)
+    name, options = model_recipe(checkpoint, path, name, options)
+    model = build_model(name, **options)
+    load_pretrained(model, path, strict=strict, map_location=map_location, checkpoint=checkpoint)
+    return model.eval()
 
 
 def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_location="cpu",
