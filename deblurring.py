@@ -4,6 +4,7 @@
     python deblurring.py                                   # evaluate (configs/traincolor.json has is_train=false)
     python deblurring.py --set train_dataset.is_train=true # train with configs/traincolor.json
     python deblurring.py --test_config configs/test_real.json
+    python deblurring.py --input photo.png --kernel kernel.png   # restore one photo of yours
     torchrun --nproc_per_node=4 deblurring.py --set train_dataset.is_train=true   # DDP
 
 As published, `train_dataset.is_train` in the train config picks training (true) or testing
@@ -12,18 +13,23 @@ As published, `train_dataset.is_train` in the train config picks training (true)
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import sys
 
 DEFAULT_TRAIN_CONFIG = os.path.join("configs", "traincolor.json")
 DEFAULT_TEST_CONFIG = os.path.join("configs", "test_simulated.json")
+PHOTO_TEST_CONFIG = os.path.join("configs", "test_real.json")
+README_SECTIONS = ("Training and evaluation: `deblurring.py` (configuration reference)", "Every configuration key",
+                   "Restore your own photo")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Non-blind deconvolution: train (train_dataset.is_train=true) or evaluate (false).",
-        epilog="Every key is documented in README.md (section 'Configuration').")
+        epilog=f"README.md explains the commands in section '{README_SECTIONS[0]}', every key in section "
+               f"'{README_SECTIONS[1]}', and --input/--kernel in section '{README_SECTIONS[2]}'.")
     parser.add_argument("--train_config", default=DEFAULT_TRAIN_CONFIG,
                         help="train config: model, optimizer, training data and options (default: %(default)s)")
     parser.add_argument("--test_config", default=DEFAULT_TEST_CONFIG,
@@ -31,7 +37,40 @@ def parse_args(argv=None):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set train_options.epochs=10 "
                              "--set model.options.num_steps=6 (repeatable; values are JSON when they parse)")
-    return parser.parse_args(argv)
+    parser.add_argument("--input", metavar="PHOTO", help="restore this blurred photo with the train config's model "
+                        f"(test config default: {PHOTO_TEST_CONFIG}); needs --kernel")
+    parser.add_argument("--kernel", metavar="KERNEL", help="the photo's blur kernel: an image (PNG, pixel/255) or "
+                        "a .npy/.mat holding one kernel")
+    args = parser.parse_args(argv)
+    if (args.input is None) != (args.kernel is None):
+        parser.error("--input and --kernel go together: the photo and its blur kernel")
+    return args
+
+
+def _own_flags(args) -> list:
+    """The flags the user gave other than --set (for the commands we print back)."""
+    defaults = {"train_config": DEFAULT_TRAIN_CONFIG, "test_config": DEFAULT_TEST_CONFIG, "input": None, "kernel": None}
+    return [part for flag, default in defaults.items() if getattr(args, flag) not in (None, default)
+            for part in (f"--{flag}", getattr(args, flag))]
+
+
+def _photo_run(cfg, photo: str, kernel: str) -> None:
+    """--input/--kernel: the real-photo protocol on one photo, results in results/<photo name>/."""
+    from models import resolve_model
+
+    cfg["train_dataset"]["is_train"] = False
+    cfg["test_dataset"].update(is_test_real=True, root_path="", test_data=photo, kernel_path=kernel,
+                               run_name=os.path.splitext(os.path.basename(photo))[0])
+    model, user_sets = cfg["model"], cfg["_sources"]["overrides"]
+    chosen = any(o.startswith(("model.options.boundary=", "model.options=")) for o in user_sets)
+    try:
+        takes_boundary = "boundary" in inspect.signature(resolve_model(model["model_select"])).parameters
+    except KeyError:            # an unknown name: reported with its config key when the model is built
+        return
+    if not chosen and takes_boundary:
+        model["options"]["boundary"] = "zeros"
+        print("note: real blur is not periodic: using model.options.boundary=zeros (the published operators; "
+              "--set model.options.boundary=circular to change)", file=sys.stderr)
 
 
 def _here(path: str) -> str:
@@ -50,7 +89,12 @@ def main(argv=None) -> int:
     try:
         train_config = _here(args.train_config) if args.train_config == DEFAULT_TRAIN_CONFIG else args.train_config
         test_config = _here(args.test_config) if args.test_config == DEFAULT_TEST_CONFIG else args.test_config
+        if args.input and args.test_config == DEFAULT_TEST_CONFIG:
+            test_config = _here(PHOTO_TEST_CONFIG)
         cfg = load_config(train_config, test_config, args.overrides)
+        cfg["_sources"]["cli"] = _own_flags(args)
+        if args.input:
+            _photo_run(cfg, args.input, args.kernel)
         if cfg["train_dataset"]["is_train"]:
             from engine.train import train
 

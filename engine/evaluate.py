@@ -23,10 +23,12 @@ from engine.ensemble import self_ensemble
 from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
                              maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
 from engine.protocols import Protocol, build_protocols, metric_color
-from engine.reporting import overall_markdown, protocol_markdown, summarize, write_reports
+from engine.reporting import overall_markdown, protocol_markdown, summarize, write_photo_report, write_reports
 from engine.tasks import check_model_for_task, task_of
 from models import resolve_model
-from utils.config import ConfigError, public
+from models.contract import hook
+from models.published import PUBLISHED
+from utils.config import ConfigError, command_line, override_text, public
 from utils.io import atomic_write_json, move_aside, save_image
 from utils.metrics import evaluate_pair, psnr
 
@@ -43,11 +45,38 @@ class EvalResult:
     run_dir: str = ""
     files: Dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    photos: List[Dict[str, Any]] = field(default_factory=list)   # real photos: what was written for each
 
 
-def missing_checkpoint_hint(cfg) -> str:
-    return ("train one with `python deblurring.py --set train_dataset.is_train=true` (see README), or "
-            "evaluate the training-free baselines only: `python deblurring.py --set test_dataset.baselines_only=true`")
+def missing_checkpoint_hint(cfg, spec: ModelSpec) -> str:
+    """What to do about a missing checkpoint: where a published one comes from, the file name it must have,
+    where to put it and the command that then evaluates it (the user's own, with what it needs added)."""
+    published = PUBLISHED.get(spec.name)
+    if published is None:
+        return ("train one with `python deblurring.py --set train_dataset.is_train=true` (see README), or evaluate "
+                "the training-free baselines only: `python deblurring.py --set test_dataset.baselines_only=true`")
+    file = published.file_name(spec.options.get("scale") or cfg["test_dataset"]["scale"])
+    intro = (f"{spec.name}'s published weights are the file {file} of the {published.project} project "
+             f"({published.source})")
+    if spec.key != "model":
+        return intro + (f": save it as {spec.pretrained}" if spec.pretrained else f": set {spec.key}.pretrained to it")
+    target = spec.pretrained if cfg["model"]["pretrained"] else os.path.join(cfg["model"]["model_save_file"], file)
+    hint = f"{intro}: save it as {target}"
+    overrides = [] if target == spec.pretrained else [override_text("model.pretrained", target)]
+    overrides += [override_text(f"model.options.{k}", v) for k, v in published.options.items()
+                  if cfg["model"]["options"].get(k) != v]
+    command = command_line(cfg, overrides)
+    return hint + (f" and run: {command}" if command else " (or set model.pretrained to your copy)")
+
+
+def results_folder_name(tcfg) -> str:
+    """test_dataset.run_name, else the test image folder's name, else 'default'; a baselines-only run gets
+    its own folder (`<name>_baselines`), so it never replaces the full run's results."""
+    data = os.path.join(tcfg["root_path"], tcfg["test_data"]) if tcfg["test_data"] else ""
+    name = tcfg["run_name"] or (os.path.basename(os.path.normpath(data)) if data else "default")
+    if not tcfg["run_name"] and os.path.isfile(data):
+        name = os.path.splitext(name)[0]                  # one photo: results/<photo name>/
+    return _safe(name + ("_baselines" if tcfg["baselines_only"] else ""))
 
 
 def model_specs(cfg) -> List[ModelSpec]:
@@ -58,7 +87,7 @@ def model_specs(cfg) -> List[ModelSpec]:
     if not main.pretrained:
         main.pretrained = default_weights_path(cfg["model"])
     stem = os.path.splitext(os.path.basename(main.pretrained))[0]
-    trainable = getattr(resolve_model(main.name), "trainable", True)   # baselines ignore weights files
+    trainable = hook(resolve_model(main.name), "trainable")   # baselines ignore weights files
     if trainable and stem != main.name and os.path.isfile(main.pretrained):
         main.label = stem                          # e.g. "compact_nrlgdn" for an NRL_GDN checkpoint
     specs = [] if cfg["test_dataset"]["baselines_only"] else [main]
@@ -75,7 +104,7 @@ def model_specs(cfg) -> List[ModelSpec]:
 
 
 def load_models(cfg, device) -> List[tuple]:
-    return [(spec, build_for_evaluation(spec, device, missing_checkpoint_hint(cfg))) for spec in model_specs(cfg)]
+    return [(spec, build_for_evaluation(spec, device, missing_checkpoint_hint(cfg, spec))) for spec in model_specs(cfg)]
 
 
 def _to_device(batch, device):
@@ -148,6 +177,13 @@ def _figure(path, protocol: Protocol, item: dict, restored: dict, scores: dict, 
                  title=title, metrics=scores.get(primary), degraded_metrics=scores.get(input_label), color=color)
 
 
+def photo_row(item, written: Dict[str, str], run_dir: str) -> Dict[str, Any]:
+    """One restored real photo for the report: its name, kernel size and the files written (relative)."""
+    kh, kw = item["k"].shape[-2:]
+    return {"photo": item["name"], "kernel": f"{kh}×{kw}",
+            "files": {label: os.path.relpath(path, run_dir) for label, path in written.items()}}
+
+
 def _safe(name: str) -> str:
     """A file or folder name from any label; never '.' or '..', so results stay inside their folder."""
     safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(name))
@@ -169,9 +205,8 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
         check_model_for_task(model, task, tcfg["scale"], "test_dataset.scale")
     input_label = BICUBIC if task == "sisr" else DEGRADED
     color = metric_color(tcfg)
-    run_name = tcfg["run_name"] or (os.path.basename(os.path.normpath(tcfg["test_data"])) if tcfg["test_data"]
-                                    else "default")
-    run_dir = os.path.join(tcfg["result_save_file"], _safe(run_name))
+    run_name = results_folder_name(tcfg)
+    run_dir = os.path.join(tcfg["result_save_file"], run_name)
     try:
         archived = move_aside(run_dir, RESULT_MARKERS)
     except ValueError as err:
@@ -215,15 +250,19 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                     step_sums.setdefault(spec.title, []).append(curve)
             base = f"{_safe(item['name'])}"
             kdir = os.path.join(folder, f"kernel{item['kernel_label']}")
+            written = {}
             if tcfg["save_images"]:
                 save_image(os.path.join(kdir, f"{base}_degraded.png"), item["y"].clamp(0, 1))
                 for title, x in restored.items():
-                    save_image(os.path.join(kdir, f"{base}_{_safe(title)}.png"), x)
+                    written[title] = save_image(os.path.join(kdir, f"{base}_{_safe(title)}.png"), x)
             for title, sigma in sigmas.items():     # σ on [0, 1] -> 8-bit pixel value = σ on the 0–255 scale
                 save_image(os.path.join(kdir, f"{base}_{_safe(title)}_sigma.png"), _as_image(sigma))
             if tcfg["save_figures"]:
-                _figure(os.path.join(folder, "figures", f"{base}_kernel{item['kernel_label']}.png"), protocol, item,
-                        restored, scores, primary, color, sigmas.get(primary), input_label)
+                written["figure"] = os.path.join(folder, "figures", f"{base}_kernel{item['kernel_label']}.png")
+                _figure(written["figure"], protocol, item, restored, scores, primary, color, sigmas.get(primary),
+                        input_label)
+            if protocol.kind == "real":
+                result.photos.append(photo_row(item, written, run_dir))
             for title, s in scores.items():
                 result.records.append({"protocol": protocol.name, "model": title, "kernel": str(item["kernel_label"]),
                                        "image": item["name"], "psnr": s["psnr"], "ssim": s["ssim"]})
@@ -249,6 +288,11 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     if result.records or result.step_curves:
         result.files = write_reports(run_dir, result.records, f"Evaluation: {run_name}", notes,
                                      extra={"config": public(cfg), "psnr_per_step": result.step_curves})
+    elif result.photos:
+        result.files = write_photo_report(run_dir, result.photos, f"Restored photos: {run_name}", notes,
+                                          extra={"config": public(cfg)})
+        for row in result.photos:
+            say(f"{row['photo']}: " + ", ".join(os.path.join(run_dir, f) for f in row["files"].values()))
     for name, table in result.summary.items():
         say(f"\n{name} (PSNR dB / SSIM, {color}):\n{protocol_markdown(table)}")
     if len(result.summary) > 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 
@@ -202,7 +203,7 @@ class _Selected:
 
 def build_protocols(cfg) -> List[Protocol]:
     """Protocols with their datasets (images × kernels, noise seeded per image/kernel)."""
-    from data.datasets import RealDataset, TestDataset
+    from data.datasets import TestDataset
     from engine.tasks import task_of
 
     tcfg = cfg["test_dataset"]
@@ -213,18 +214,7 @@ def build_protocols(cfg) -> List[Protocol]:
         protocols[0].dataset = _real_noise_set(tcfg, gray)
         return protocols
     if protocols[0].kind == "real":
-        folder = os.path.join(tcfg["root_path"], tcfg["test_data"])
-        if not tcfg["test_data"] or not os.path.isdir(folder):
-            raise ConfigError(f"test_dataset.test_data: folder of real blurred photos not found: '{folder}'")
-        if not tcfg["kernel_path"] or not os.path.isdir(tcfg["kernel_path"]):
-            raise ConfigError(f"test_dataset.kernel_path: folder of kernel images not found: '{tcfg['kernel_path']}'")
-        try:
-            dataset = RealDataset(folder, kernels=tcfg["kernel_path"], gray=gray)
-        except ValueError as err:
-            raise ConfigError(f"test_dataset.kernel_path: {err}") from None
-        if tcfg["max_images"]:
-            dataset.pairs = dataset.pairs[:tcfg["max_images"]]
-        protocols[0].dataset = dataset
+        protocols[0].dataset = _real_photo_set(tcfg, gray)
         return protocols
     images = _test_images(tcfg, gray)
     kernels, indices = _test_kernels(tcfg, task) if task != "denoise" else (None, [0])
@@ -237,6 +227,37 @@ def build_protocols(cfg) -> List[Protocol]:
         p.dataset = _Selected(ds, indices)
         p.image_names = list(ds.images.names)
     return protocols
+
+
+def _real_photo_set(tcfg, gray: bool):
+    """Real blurred photos: a folder (root_path/test_data) paired with a folder of kernel images, or one
+    photo file with one kernel file."""
+    from data.datasets import RealDataset
+    from data.kernels import load_kernels
+
+    photos, kernels = os.path.join(tcfg["root_path"], tcfg["test_data"]), tcfg["kernel_path"]
+    if tcfg["test_data"] and os.path.isfile(photos):
+        if not kernels or not os.path.isfile(kernels):
+            raise ConfigError(f"test_dataset.kernel_path: kernel file of the photo '{photos}' not found: '{kernels}'")
+        try:
+            found = load_kernels(kernels)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"test_dataset.kernel_path: {err.args[0] if err.args else err}") from None
+        if len(found) != 1:
+            raise ConfigError(f"test_dataset.kernel_path: '{kernels}' holds {len(found)} kernels; give the one "
+                              f"kernel of the photo '{photos}'")
+        return RealDataset([(Path(photos), found[0])], gray=gray)
+    if not tcfg["test_data"] or not os.path.isdir(photos):
+        raise ConfigError(f"test_dataset.test_data: folder of real blurred photos (or one photo) not found: '{photos}'")
+    if not kernels or not os.path.isdir(kernels):
+        raise ConfigError(f"test_dataset.kernel_path: folder of kernel images not found: '{kernels}'")
+    try:
+        dataset = RealDataset(photos, kernels=kernels, gray=gray)
+    except ValueError as err:
+        raise ConfigError(f"test_dataset.kernel_path: {err}") from None
+    if tcfg["max_images"]:
+        dataset.pairs = dataset.pairs[:tcfg["max_images"]]
+    return dataset
 
 
 def _real_noise_set(tcfg, gray: bool):

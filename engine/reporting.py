@@ -149,3 +149,19 @@ def write_reports(folder: str, records: Sequence[dict], title: str, notes: Seque
     payload.update(extra or {})
     atomic_write_json(paths["json"], _json_safe(payload))
     return paths
+
+
+def write_photo_report(folder: str, photos: Sequence[dict], title: str, notes: Sequence[str] = (),
+                       extra: dict | None = None) -> Dict[str, str]:
+    """Real photos have no metrics: summary.md lists each photo, its kernel and the files written for it
+    (paths relative to `folder`), results.json the same rows; returns their paths."""
+    labels = _ordered(label for p in photos for label in p["files"])
+    rows = [[p["photo"], p["kernel"]] + [p["files"].get(label, "–") for label in labels] for p in photos]
+    parts = [f"# {title}", ""] + [f"- {n}" for n in notes]
+    parts += ["", markdown_table(["photo", "kernel"] + labels, rows), ""]
+    paths = {"markdown": os.path.join(folder, "summary.md"), "json": os.path.join(folder, "results.json")}
+    atomic_write_text(paths["markdown"], "\n".join(parts))
+    payload = {"title": title, "notes": list(notes), "photos": list(photos)}
+    payload.update(extra or {})
+    atomic_write_json(paths["json"], _json_safe(payload))
+    return paths

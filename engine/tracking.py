@@ -39,10 +39,11 @@ class RunLogger:
             else:
                 self.writer = SummaryWriter(log_dir=os.path.join(run_dir, "tb"))
 
-    def text(self, message: str) -> None:
+    def text(self, message: str, stamp: bool = True) -> None:
+        """Print and log a line; stamp=False leaves out the time (a command to copy)."""
         if not self.enabled:
             return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}" if stamp else message
         tqdm.write(line, file=sys.stdout)
         self._text.write(line + "\n")
         self._text.flush()
@@ -60,9 +61,11 @@ class RunLogger:
                 self.writer.add_scalar(key, value, step)
 
     def plot_curves(self, title: str = "") -> str:
-        """curves.png in the run folder: loss and validation PSNR so far (from history.jsonl)."""
+        """curves.png in the run folder: loss and validation PSNR so far (from history.jsonl); '' when there
+        is nothing to plot yet."""
         if not self.enabled:
             return ""
+        self._history.flush()
         from utils.figures import plot_training_curves
 
         history = []
@@ -72,6 +75,8 @@ class RunLogger:
                     history.append(json.loads(line))
                 except ValueError:   # a line cut short by a crash or a full disk must not stop the run
                     continue
+        if not any("loss" in r or "psnr_val" in r for r in history):
+            return ""
         path, _ = plot_training_curves(os.path.join(self.run_dir, "curves.png"), history, title or None)
         return path
 

@@ -29,8 +29,9 @@ from engine.modeling import (check_channels, has_parameters, instantiate, kaimin
 from engine.tasks import check_model_for_task, model_scale
 from engine.tracking import RunLogger
 from engine.validate import validate
+from models.contract import has_hook, hook
 from models.losses import build_loss
-from utils.config import ConfigError, public
+from utils.config import ConfigError, command_line, override_text, public
 from utils.io import move_aside
 
 
@@ -215,7 +216,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
         kaiming_init(model)
     load_initial_weights(model, cfg["model"]["init_from"], cfg["model"]["init_grow"])
     model.to(device)
-    loss_name = cfg["model"]["loss"] or getattr(model, "default_loss", None) or "l1"
+    loss_name = cfg["model"]["loss"] or hook(model, "default_loss") or "l1"
     try:
         loss_fn = build_loss(loss_name, **cfg["model"]["loss_options"])
     except KeyError as err:
@@ -275,7 +276,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
         raise ConfigError("val_dataset: no validation images (check its folder or .mat files, or set "
                           "train_options.epoch_val=0)")
     wrapped = dist.wrap_model(model, device, dist.usable_device_ids(device, opts["device_ids"]))
-    clip_own = hasattr(model, "clip_gradients")
+    clip_own = has_hook(model, "clip_gradients")
     mixup = cfg["train_dataset"]["mixup"]
     result = TrainResult(status="completed", run_dir=run_dir, model=model)
     config_snapshot = public(cfg)
@@ -381,6 +382,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
             if val_set is not None and epoch % opts["epoch_val"] == 0:
                 val_psnr, grid = validate(model, val_set, device, cfg)
                 log.scalars({"psnr_val": val_psnr}, step, epoch)
+                log.text(f"validation after epoch {epoch} (step {step}): PSNR {val_psnr:.2f} dB on {len(val_set)} "
+                         f"image(s)" + (" (best so far)" if best is None or val_psnr > best else f", best {best:.2f} dB"))
                 log.image("validation (degraded | restored | ground truth)", grid, step)
                 log.plot_curves(f"{_run_name(cfg)} · {spec.name}")
                 if best is None or val_psnr > best:
@@ -398,7 +401,19 @@ def _train(cfg, device, step_callback) -> TrainResult:
                                          model_options=spec.options,
                                          extra={"step": step, "best_metric": best, "run_id": run_id})
         minutes = (time.time() - started) / 60
+        curves = log.plot_curves(f"{_run_name(cfg)} · {spec.name}")
         log.text(f"done: {step} steps in {minutes:.1f} min; last {last_path}"
-                 + (f", best {best_path} ({best:.2f} dB)" if best is not None else "") + f"; weights {result.exported}")
+                 + (f", best {best_path} ({best:.2f} dB)" if best is not None else "") + f"; weights {result.exported}"
+                 + (f"; curves {curves}" if curves else ""))
+        log.text("evaluate the exported weights with:")
+        log.text(evaluation_command(cfg, result.exported), stamp=False)
     log.close()
     return result
+
+
+def evaluation_command(cfg, exported: str) -> str:
+    """The command that evaluates an export: the run's own configs and --set, as an evaluation of these
+    weights, with results in results/<run_name>/ (configs built in Python get the keys to set instead)."""
+    overrides = ["train_dataset.is_train=false", override_text("model.pretrained", exported),
+                 override_text("test_dataset.run_name", _run_name(cfg))]
+    return command_line(cfg, overrides) or "set " + " and ".join(overrides) + " in the config, then evaluate(cfg)"

@@ -192,8 +192,16 @@ def test_missing_checkpoint_is_one_line_with_a_hint(data):
     with pytest.raises(ConfigError) as info:
         evaluate(cfg, verbose=False)
     message = str(info.value)
-    assert message.startswith("model.pretrained: checkpoint not found: ")
-    assert "absent.pth" in message and "test_dataset.baselines_only=true" in message and "\n" not in message
+    absent = os.path.join(folder, "absent.pth")
+    assert message == (f"model.pretrained: checkpoint not found: '{absent}'; NRL_GDN's published weights are the file "
+                       "NRL_GDN.pth of the kongsjsj/NRL-GDN project (the Google Drive link in its README): save it as "
+                       f"{absent} (or set model.pretrained to your copy)")
+    cfg["model"].update(model_select="DRUNet")                    # no published weights: train or use baselines
+    with pytest.raises(ConfigError) as info:
+        evaluate(cfg, verbose=False)
+    message = str(info.value)
+    assert message.startswith(f"model.pretrained: checkpoint not found: '{absent}'; train one with ")
+    assert "test_dataset.baselines_only=true" in message and "\n" not in message
 
 
 def test_bad_kernel_index_and_folder_are_config_errors(data):

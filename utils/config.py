@@ -15,6 +15,8 @@ import copy
 import difflib
 import json
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -216,9 +218,10 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "result_save_file": Key("results", "str", _PUB + "Results folder; a run writes to `<result_save_file>/<run_name>/`."),
         "root_path": Key("", "str", _PUB + "Parent folder of test_data."),
         "test_data": Key("", "str", _PUB + "Image folder under root_path (real protocol: the blurred "
-                         "photos). Empty: the embedded default test images."),
+                         "photos, or one photo file). Empty: the embedded default test images."),
         "kernel_path": Key("", "str", _PUB + "Kernel file (.mat/.npy, a kernel image or a folder of them; real protocol: "
-                           "folder of kernel PNGs matched to photos by sorted order). Empty: embedded default kernels "
+                           "folder of kernel PNGs matched to photos by equal names, else by sorted order, or the one "
+                           "kernel file of one photo). Empty: embedded default kernels "
                            "(task `sisr`: VIRNet's seven SR test kernels at `scale`)."),
         "test_noise_level": Key(2.55, "float|list[float]", _PUB + "Uniform AWGN level(s) on the 0–255 scale "
                                 "(also the Gaussian part of Poisson–Gaussian). A list runs each level."),
@@ -234,7 +237,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                               "\"wiener\") or objects {model_select, options, pretrained, label}."),
         "baselines_only": Key(False, "bool", "true: evaluate only compare_models (skip the `model` section; "
                               "no checkpoint needed)."),
-        "run_name": Key("", "str", "Results sub-folder (empty: test_data, or `default`)."),
+        "run_name": Key("", "str", "Results sub-folder (empty: test_data, or `default`); a baselines_only run "
+                        "writes to `<run_name>_baselines`, so it never replaces the full run's results."),
         "kernel_indices": Key([], "list[int]", "Evaluate only these kernels (empty: all)."),
         "max_images": Key(0, "int", "Evaluate only the first N images (0: all).", min=0),
         "border": Key(0, "int", "Pixels cropped from every side before PSNR/SSIM.", min=0),
@@ -456,11 +460,43 @@ def load_config(train_config: Optional[str] = None, test_config: Optional[str] =
     cfg = defaults()
     for path, what in ((train_config, "train config"), (test_config, "test config")):
         if path:
-            merge(cfg, load_json(path, what), origin=path)
+            update = load_json(path, what)
+            merge(cfg, update, origin=path)
+            foreign = [s for s in update if s in TRAIN_SECTIONS] if what == "test config" else []
+            if foreign and train_config:   # said once, so a test config never silently swaps the model
+                print(f"note: test config {path} sets {', '.join(foreign)}, replacing the train config's values "
+                      "for those keys", file=sys.stderr)
     apply_overrides(cfg, overrides)
     cfg["_sources"] = {"train_config": train_config, "test_config": test_config,
                        "overrides": list(overrides or [])}
     return cfg
+
+
+def override_text(key: str, value: Any) -> str:
+    """'section.key=value' that `--set` reads back as `value` (strings stay unquoted when they can)."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return f"{key}={value}"
+    return f"{key}={json.dumps(value)}"
+
+
+def command_line(cfg: Dict[str, Any], overrides: Iterable[str] = ()) -> str:
+    """The `python deblurring.py ...` command that loaded `cfg` (its own --train_config/--test_config and
+    other flags, its --set overrides) with `overrides` appended, replacing the user's --set of the same
+    keys. Empty for a config that was not loaded from the command line or load_config."""
+    sources = cfg.get("_sources")
+    if not sources:
+        return ""
+    cli = sources.get("cli")
+    if cli is None:
+        cli = [part for flag in ("train_config", "test_config") if sources.get(flag)
+               for part in (f"--{flag}", sources[flag])]
+    replaced = {o.split("=", 1)[0].strip() for o in overrides}
+    kept = [o for o in sources.get("overrides", []) if o.split("=", 1)[0].strip() not in replaced]
+    parts = ["python", "deblurring.py", *cli] + [arg for o in [*kept, *overrides] for arg in ("--set", o)]
+    return " ".join(shlex.quote(str(p)) for p in parts)
 
 
 def from_dict(update: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:

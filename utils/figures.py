@@ -24,9 +24,11 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path, dpi: int):
+def _save(fig, path, dpi: int, tight: bool = False):
+    """tight: the canvas is fitted to every artist drawn (aspect-locked image panels leave tight_layout
+    short of room for their captions and inset labels)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, **({"bbox_inches": "tight", "pad_inches": 0.04} if tight else {}))
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -90,8 +92,9 @@ def _inset(ax, bounds, plane, cmap: str, label: str):
     inset.set_yticks([])
     for spine in inset.spines.values():
         spine.set_edgecolor("white")
-    inset.set_title(label, fontsize=6, color="white", pad=1,
-                    bbox=dict(facecolor="black", alpha=0.6, pad=1, linewidth=0))
+    # the label sits inside the inset's lower edge: above it, it would cross the panel's top and be cut off
+    inset.text(0.03, 0.03, label, transform=inset.transAxes, fontsize=6, color="white", ha="left", va="bottom",
+               bbox=dict(facecolor="black", alpha=0.6, pad=1, linewidth=0))
 
 
 def side_by_side(path, degraded, restored, gt=None, kernel=None, sigma_map=None, title: str | None = None,
@@ -128,7 +131,7 @@ def side_by_side(path, degraded, restored, gt=None, kernel=None, sigma_map=None,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3)
-    return _save(fig, path, dpi)
+    return _save(fig, path, dpi, tight=True)
 
 
 def plot_psnr_per_step(path, curves: dict, title: str | None = None, ylabel: str = "PSNR (dB)", dpi: int = 100):
