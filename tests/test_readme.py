@@ -18,6 +18,7 @@ from PIL import Image
 import deblurring
 from engine.checkpoint import read_checkpoint
 from tests.test_engine_train import make_tiny_data, tiny_train_config
+from tests.test_journeys import clone  # noqa: F401 (fixture: a fresh clone's files, no ../shared beside them)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -25,7 +26,6 @@ SHIPPED = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
 QUICK_EVAL = ["test_dataset.max_images=1", "test_dataset.kernel_indices=[0]"]   # 1 image × 1 kernel
 QUICK_TRAIN = ["train_dataset.patch_size=32", "train_dataset.batch_size=2", "train_dataset.num_workers=0",
                "val_dataset.max_images=1", "val_dataset.patch_size=32", "train_options.tensorboard=false"]
-TINY_NRLGDN = {"num_steps": 2, "r_channels": (4, 6, 8, 10), "r_blocks": 1, "hd_channels": 4}
 
 
 def _sets(overrides):
@@ -122,7 +122,8 @@ def test_baselines_only_needs_no_checkpoint(tmp_path, capsys):
         assert tables[protocol][0] == ["kernel", "degraded", "eq22_init", "wiener"]
     uniform = tables["uniform_2.55"]
     assert _cell(uniform, "**average**", "wiener")[0] > _cell(uniform, "**average**", "degraded")[0] + 2.0
-    assert os.path.isfile(tmp_path / "r" / "default" / "summary.md")
+    assert os.listdir(tmp_path / "r") == ["default_baselines"]                # never the full run's results/default
+    assert os.path.isfile(tmp_path / "r" / "default_baselines" / "summary.md")
     assert not (tmp_path / "none").exists() and not (tmp_path / "absent.pth").exists()
 
 
@@ -185,8 +186,8 @@ def registry_cleanup():
 
 def test_extension_recipe_new_model_and_loss_train_and_evaluate(tmp_path, monkeypatch, capsys, registry_cleanup):
     assert 'register_model("MyNet", "models.my_net:MyNet")' in README
-    assert re.search(r"with `input_keys` and\s+`default_loss` class attributes; a new loss "
-                     r"`register_loss\(\"my_loss\", factory\)`", README)
+    assert re.search(r"with `input_keys` and\s+`default_loss` class attributes \(.*?\); a new loss "
+                     r"`register_loss\(\"my_loss\", factory\)`", README, re.S)
     from engine.evaluate import evaluate
     from engine.train import train
     from models import register_model
@@ -301,33 +302,52 @@ def test_double_slash_keys_are_ignored_in_config_files(tmp_path):
 
 
 # 7 -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("layout", ["bare", "wrapped", "module_prefix"])
-def test_python_api_snippet(tmp_path, monkeypatch, layout):
+def test_python_api_block_runs_as_written_in_a_fresh_clone(clone):
+    """The block as a user pastes it into `python` at the root of a fresh clone (no ../shared)."""
     code = _readme_code("## Python API")
-    assert 'load_pretrained(net, "pretrainedmodels/NRL_GDN.pth")' in code
-    import models
+    assert 'load_model("pretrainedmodels/compact_nrlgdn.pth")' in code
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-"], input=code, cwd=clone, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    before, after = map(float, re.fullmatch(r"PSNR (\d+\.\d\d) dB -> (\d+\.\d\d) dB\n", result.stdout).groups())
+    assert 20 < before < 23 and after > before + 5          # Set12 01 × Levin kernel 0, σ = 0.01
 
-    real_build = models.build_model
-    monkeypatch.setattr(models, "build_model", lambda name, **o: real_build(name, **{**TINY_NRLGDN, **o}))
-    torch.manual_seed(0)
-    source = real_build("NRL_GDN", **TINY_NRLGDN).eval()
-    state = source.state_dict()
-    obj = {"bare": state, "wrapped": {"model": state, "step": 5},
-           "module_prefix": {"module." + k: v for k, v in state.items()}}[layout]
-    (tmp_path / "pretrainedmodels").mkdir()
-    torch.save(obj, tmp_path / "pretrainedmodels" / "NRL_GDN.pth")
-    monkeypatch.chdir(tmp_path)
-    torch.manual_seed(1)                                       # the snippet's net starts from other weights
-    y = torch.rand(2, 3, 20, 18)
-    k = torch.zeros(2, 1, 5, 5)
-    k[:, :, 2, :] = 0.2
-    namespace = {"y": y, "k": k}
-    exec(compile(code, "README.md (Python API)", "exec"), namespace)
-    net, x = namespace["net"], namespace["x"]
-    assert torch.is_tensor(x) and x.shape == y.shape
-    with torch.no_grad():
-        torch.testing.assert_close(x, source(y, k), rtol=0, atol=0)               # the file's weights
-        torch.testing.assert_close(net(y[:1], k[0, 0]), x[:1], rtol=1e-5, atol=1e-6)   # k as h×w
+
+def test_every_python_block_of_the_readme_is_run_by_a_test():
+    """Each ```python block, by the heading it sits under, and the test that executes it."""
+    from tests import test_journeys
+
+    runners = {"## Python API": test_python_api_block_runs_as_written_in_a_fresh_clone,
+               "### A new unrolled variant": test_journeys.test_variant_in_a_new_file_trains_and_evaluates_by_name,
+               "### From Python": test_from_python_snippet_evaluates_and_trains}
+    headings, heading = [], None
+    for line in README.splitlines():
+        if re.match(r"#{2,4} ", line):
+            heading = line
+        elif line.startswith("```python"):
+            headings.append(heading)
+    assert sorted(headings) == sorted(runners), headings
+    assert "variant_source()" in open(test_journeys.__file__, encoding="utf-8").read()
+
+
+def test_readme_test_command_is_exactly_what_ci_runs():
+    """The second command at the top of the README is the last line of .ci/run; both pin CI's torch through
+    .ci/constraints.txt, while requirements.txt lets users keep any torch the checkpoint reader accepts."""
+    from models.checkpoint import SAFE_TORCH
+
+    block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    readme_test = block[1].split("#")[0].strip()
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().strip().splitlines()
+    assert ci[-1] == readme_test == ("python -m pip install -q -r requirements.txt -c .ci/constraints.txt && "
+                                     "python -m pytest -q")
+    requirements = open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8").read()
+    torch_lines = [line for line in requirements.splitlines() if line.startswith("torch")]
+    assert torch_lines == [f"torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]}"]
+    constraints = open(os.path.join(ROOT, ".ci", "constraints.txt"), encoding="utf-8").read()
+    pinned = [line for line in constraints.splitlines() if line.startswith("torch==")]
+    assert pinned == ["torch==2.13.0"] and f"torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]}" in README
 
 
 # 8 -------------------------------------------------------------------------------------------------
