@@ -277,6 +277,7 @@ _TYPES = {
     "jpeg": (JpegNoise, {"quality"}),
     "mixture": (MixtureNoise, {"components"}),
 }
+SPEC_KEYS = {kind: keys for kind, (_, keys) in _TYPES.items()}   # checked by the config schema at load
 
 
 def build_noise(spec, where: str = "noise") -> Noise:
