@@ -465,7 +465,7 @@ def _check_protocol(entry: Any, name: str, where: str, named: bool) -> None:
 
 def defaults(sections: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, Any]]:
     names = list(sections) if sections is not None else list(SCHEMA)
-    return {s: {k: copy.deepcopy(e.default) for k, e in SCHEMA[s].items()} for s in names}
+    return {section: {key: copy.deepcopy(entry.default) for key, entry in SCHEMA[section].items()} for section in names}
 
 
 def merge(base: Dict[str, Dict[str, Any]], update: Dict[str, Any], origin: str = "") -> None:
