@@ -159,7 +159,7 @@ class Degradation:
         return f"Degradation({kern}, blur={self.blur}, noise={self.noise.name}{sr})"
 
 
-_KEYS = {"kernels", "noise", "blur", "scale", "quantize_blur", "clip"}
+SPEC_KEYS = {"kernels", "noise", "blur", "scale", "quantize_blur", "clip"}
 
 
 def build_degradation(spec: dict) -> Degradation:
@@ -167,9 +167,9 @@ def build_degradation(spec: dict) -> Degradation:
     "blur": "circular"}; kernels may be a sampler spec, a kernel file path or omitted for denoising."""
     if not isinstance(spec, dict):
         raise ValueError(f"degradation: expected a dict, got {type(spec).__name__}")
-    unknown = sorted(set(spec) - _KEYS)
+    unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
-        raise KeyError(f"degradation: unknown key(s) {unknown}, expected {sorted(_KEYS)}")
+        raise KeyError(f"degradation: unknown key(s) {unknown}, expected {sorted(SPEC_KEYS)}")
     blur_mode = spec.get("blur", "circular")
     kernels = spec.get("kernels")
     sampler = None if kernels is None or blur_mode is None else build_kernel_sampler(kernels)

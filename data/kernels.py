@@ -321,28 +321,47 @@ class SetKernelSampler:
         return f"SetKernelSampler({len(self.kernels)} kernels, augment={self.augment})"
 
 
-_SAMPLER_KEYS = {
+class FixedKernelSampler:
+    """Always the same kernel, without a draw from the generator (e.g. VIRNet's SR validation kernel)."""
+
+    def __init__(self, kernel: np.ndarray):
+        self.kernel = validate_kernel(kernel, "fixed kernel")
+
+    def sample(self, rng):
+        return self.kernel.copy(), {}
+
+    def __call__(self, rng):
+        return self.sample(rng)[0]
+
+    def __repr__(self):
+        return f"FixedKernelSampler({self.kernel.shape[0]}×{self.kernel.shape[1]})"
+
+
+# Keys of each sampler spec type (the config schema checks specs against this table at load)
+SAMPLER_KEYS = {
     "random": {"motion_prob", "size", "var_range", "gaussian_shifts", "augment_gaussian"},
     "motion": {"size"},
     "gaussian": {"size", "var_range", "gaussian_shifts", "augment_gaussian"},
     "sr_gaussian": {"scale", "size"},
+    "isotropic_gaussian": {"size", "std"},
     "file": {"path", "indices", "augment"},
 }
 
 
 def build_kernel_sampler(spec):
-    """Sampler from a config section: {"type": "random"|"motion"|"gaussian"|"sr_gaussian"|"file", ...};
-    a plain string is a kernel file path."""
+    """Sampler from a config section: {"type": "random"|"motion"|"gaussian"|"sr_gaussian"|
+    "isotropic_gaussian"|"file", ...}; a plain string is a kernel file path. `isotropic_gaussian`
+    (size, std) is one fixed kernel and draws nothing."""
     if isinstance(spec, str):
         spec = {"type": "file", "path": spec}
     spec = dict(spec)
     kind = spec.pop("type", "random")
-    if kind not in _SAMPLER_KEYS:
-        raise KeyError(f"kernels.type: unknown '{kind}', expected one of {sorted(_SAMPLER_KEYS)}")
-    unknown = set(spec) - _SAMPLER_KEYS[kind]
+    if kind not in SAMPLER_KEYS:
+        raise KeyError(f"kernels.type: unknown '{kind}', expected one of {sorted(SAMPLER_KEYS)}")
+    unknown = set(spec) - SAMPLER_KEYS[kind]
     if unknown:
         raise KeyError(f"kernels: unknown key(s) {sorted(unknown)} for type '{kind}', "
-                       f"expected {sorted(_SAMPLER_KEYS[kind])}")
+                       f"expected {sorted(SAMPLER_KEYS[kind])}")
     if kind == "random":
         return KernelSampler(**spec)
     if kind == "motion":
@@ -351,6 +370,10 @@ def build_kernel_sampler(spec):
         return KernelSampler(motion_prob=0.0, **spec)
     if kind == "sr_gaussian":
         return SRKernelSampler(**spec)
+    if kind == "isotropic_gaussian":
+        if set(spec) != {"size", "std"}:
+            raise KeyError("kernels: type 'isotropic_gaussian' needs 'size' and 'std'")
+        return FixedKernelSampler(isotropic_gaussian(int(spec["size"]), float(spec["std"])))
     if "path" not in spec:
         raise KeyError("kernels: type 'file' needs a 'path'")
     kernels = load_kernels(spec["path"])

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from engine import distributed as dist
 from engine.ensemble import self_ensemble
-from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path,
+from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, default_weights_path, item_batch,
                              maybe_record_steps, run_model, spec_from_compare_entry, spec_from_model_section)
 from engine.protocols import Protocol, build_protocols, metric_color
 from engine.reporting import overall_markdown, protocol_markdown, summarize, write_photo_report, write_reports
@@ -29,6 +29,7 @@ from models import resolve_model
 from models.contract import hook
 from models.published import PUBLISHED
 from utils.config import ConfigError, command_line, override_text, public
+from utils.imresize import resize_to
 from utils.io import atomic_write_json, move_aside, save_image
 from utils.metrics import evaluate_pair, psnr
 
@@ -107,10 +108,6 @@ def load_models(cfg, device) -> List[tuple]:
     return [(spec, build_for_evaluation(spec, device, missing_checkpoint_hint(cfg, spec))) for spec in model_specs(cfg)]
 
 
-def _to_device(batch, device):
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 def restore(model, batch, pad: int, ensemble: bool = False) -> Dict[str, Any]:
     """Run a model (×8 self-ensemble if asked); with pad > 0 replicate-pad the input, restore, and crop
     (real photos)."""
@@ -126,14 +123,6 @@ def restore(model, batch, pad: int, ensemble: bool = False) -> Dict[str, Any]:
     if isinstance(out.get("steps"), (list, tuple)):
         out["steps"] = [crop(s) for s in out["steps"]]
     return out
-
-
-def _upsampled(y: torch.Tensor, size) -> torch.Tensor:
-    """A super-resolution input at the output size (MATLAB bicubic), else y itself."""
-    if tuple(y.shape[-2:]) == tuple(size):
-        return y
-    from utils.imresize import imresize
-    return imresize(y.float(), output_shape=tuple(size))
 
 
 def _plane(sigma: torch.Tensor, size) -> torch.Tensor:
@@ -169,7 +158,7 @@ def _figure(path, protocol: Protocol, item: dict, restored: dict, scores: dict, 
         sigma = sigma_inset(item.get("sigma"), sigma_estimate)
     else:
         sigma = item.get("sigma") if protocol.kind == "sigma_map" else None
-    degraded = _upsampled(item["y"], restored[primary].shape[-2:])
+    degraded = resize_to(item["y"], restored[primary].shape[-2:])
     kernel = item.get("k")
     if kernel is not None and kernel.numel() == 1:
         kernel = None                                   # denoising: the identity kernel says nothing
@@ -225,11 +214,11 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
         bar = tqdm(protocol.items(), total=protocol.size, desc=protocol.name, unit="img", dynamic_ncols=True,
                    disable=not verbose)
         for item in bar:
-            batch = _to_device({k: (v[None] if torch.is_tensor(v) else v) for k, v in item.items()}, device)
+            batch = item_batch(item, device)
             restored, scores, sigmas = {}, {}, {}
             has_gt = "x" in item
             if has_gt:
-                scores[input_label] = evaluate_pair(_upsampled(item["y"], item["x"].shape[-2:]), item["x"],
+                scores[input_label] = evaluate_pair(resize_to(item["y"], item["x"].shape[-2:]), item["x"],
                                                     color=color, border=tcfg["border"], quantize=tcfg["quantize"])
             for spec, model in models:
                 with torch.no_grad():

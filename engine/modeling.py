@@ -38,6 +38,17 @@ def run_model(model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
     return as_outputs(model(*[batch[k] for k in keys]))
 
 
+def to_device(batch: Dict[str, Any], device) -> Dict[str, Any]:
+    """A batch dict with its tensors on `device` (asynchronous from pinned memory on CUDA)."""
+    non_blocking = torch.device(device).type == "cuda"
+    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def item_batch(item: Dict[str, Any], device) -> Dict[str, Any]:
+    """One dataset item as a batch of one on `device`."""
+    return to_device({k: (v[None] if torch.is_tensor(v) else v) for k, v in item.items()}, device)
+
+
 def has_parameters(model: nn.Module) -> bool:
     return any(p.requires_grad for p in model.parameters())
 

@@ -1,13 +1,9 @@
-"""Test protocols from the published test_dataset flags (or an explicit `protocols` list).
+"""Test protocols: the entries of test_dataset.protocols, or the real data of is_test_real.
 
-Published selection (configs/test_*.json): is_test_real -> real photos only; otherwise every enabled
-flag runs — is_test_gauss (each test_noise_level), is_test_nonuniform (each sigma_map_type),
-is_test_poisson_gaussian, is_test_impulse (each test_noise_intensity). The published script ran the
-first enabled one; ours runs them all into one table.
-
-The task (test_dataset.task, else train_dataset.task) shapes every protocol: `deblur` blurs with
-test_dataset.blur, `denoise` does not blur (is_test_real: real noisy/clean .mat blocks), `sisr` blurs,
-downsamples by test_dataset.scale and, without a kernel_path, uses VIRNet's seven SR test kernels.
+The published is_test_* flags were translated into protocol entries {name, noise, blur, scale} when the
+config was loaded (utils/config_normalise.py); is_test_real -> real photos only (task `denoise`: real
+noisy/clean .mat blocks or folders). Task `sisr` without a kernel_path uses VIRNet's seven SR test
+kernels.
 """
 from __future__ import annotations
 
@@ -18,12 +14,13 @@ from typing import Any, Dict, Iterator, List, Optional
 
 
 from utils.config import ConfigError
+from utils.config_normalise import require_normalised
 
 
 @dataclass
 class Protocol:
     name: str
-    kind: str                     # uniform | sigma_map | poisson_gaussian | impulse | custom | real | real_noise
+    kind: str                     # the noise spec's type (uniform, sigma_map, ...) | real | real_noise
     noise: Any = None                           # data.noise.build_noise spec
     blur: Optional[str] = "circular"
     scale: int = 1
@@ -60,19 +57,9 @@ def metric_color(tcfg: Dict[str, Any]) -> str:
     return "luma" if tcfg["is_gray_scale"] else "rgb"
 
 
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _num(v: float) -> str:
-    return f"{v:g}"
-
-
-def protocol_list(tcfg: Dict[str, Any], task: str = "deblur") -> List[Protocol]:
+def protocol_list(tcfg: Dict[str, Any]) -> List[Protocol]:
     """The protocols to run, without data (cheap; used for validation and docs)."""
-    if tcfg["is_test_jpeg_compression"]:
-        raise ConfigError("test_dataset.is_test_jpeg_compression: the JPEG protocol is not supported "
-                          "(the published code has none either); set it to false")
+    task = tcfg["task"]
     if task == "sisr" and tcfg["scale"] < 2:
         raise ConfigError(f"test_dataset.scale: task 'sisr' needs a scale >= 2, got {tcfg['scale']}")
     if task != "sisr" and tcfg["scale"] != 1:
@@ -84,63 +71,15 @@ def protocol_list(tcfg: Dict[str, Any], task: str = "deblur") -> List[Protocol]:
             raise ConfigError("test_dataset.is_test_real: there is no real-photo protocol for task 'sisr'; "
                               "set it to false")
         return [Protocol("real", "real", blur=None)]
-    if tcfg["protocols"]:
-        return [_custom(entry, i, task, tcfg["scale"]) for i, entry in enumerate(tcfg["protocols"])]
-    out = _flag_protocols(tcfg)
-    blur = None if task == "denoise" else tcfg["blur"]
-    for p in out:
-        p.blur = blur
-        if task == "sisr":
-            p.scale = tcfg["scale"]
-            p.name = f"x{p.scale}_{p.name}"
-    return out
+    return [_protocol(entry, i, task) for i, entry in enumerate(tcfg["protocols"])]
 
 
-def _flag_protocols(tcfg: Dict[str, Any]) -> List[Protocol]:
-    out = []
-    if tcfg["is_test_gauss"]:
-        for level in _as_list(tcfg["test_noise_level"]):
-            out.append(Protocol(f"uniform_{_num(level)}", "uniform", {"type": "uniform", "sigma": float(level)}))
-    if tcfg["is_test_nonuniform"]:
-        lo, hi = _range(tcfg["sigma_map_range"])
-        for kind in _as_list(tcfg["sigma_map_type"]):
-            kind = kind.replace("-", "_")
-            out.append(Protocol(f"sigma_map_{kind}_{_num(lo)}-{_num(hi)}", "sigma_map",
-                                {"type": "sigma_map", "map": kind, "range": [lo, hi],
-                                 "interpolation": tcfg["sigma_map_interpolation"]}))
-    if tcfg["is_test_poisson_gaussian"]:
-        for level in _as_list(tcfg["test_noise_level"]):
-            out.append(Protocol(f"poisson_gaussian_peak{_num(tcfg['poisson_peak'])}_{_num(level)}", "poisson_gaussian",
-                                {"type": "poisson_gaussian", "peak": tcfg["poisson_peak"], "sigma": float(level)}))
-    if tcfg["is_test_impulse"]:
-        for pc in _as_list(tcfg["test_noise_intensity"]):
-            if not 0 <= pc <= 1:
-                raise ConfigError(f"test_dataset.test_noise_intensity: expected a fraction in [0, 1], got {pc}")
-            out.append(Protocol(f"impulse_{_num(pc)}", "impulse", {"type": "impulse", "fraction": float(pc)}))
-    if not out:
-        raise ConfigError("test_dataset: no protocol enabled; set one of is_test_gauss, is_test_nonuniform, "
-                          "is_test_poisson_gaussian, is_test_impulse or is_test_real to true")
-    return out
-
-
-def _range(value) -> tuple:
-    if len(value) != 2 or value[0] < 0 or value[0] > value[1]:
-        raise ConfigError(f"test_dataset.sigma_map_range: expected [low, high] with 0 <= low <= high, got {value}")
-    return float(value[0]), float(value[1])
-
-
-def _custom(entry, i: int, task: str = "deblur", scale: int = 1) -> Protocol:
-    key = f"test_dataset.protocols[{i}]"
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise ConfigError(f"{key}: expected an object with 'name', 'noise' and optional 'blur', 'scale'")
-    unknown = set(entry) - {"name", "noise", "blur", "scale"}
-    if unknown:
-        raise ConfigError(f"{key}: unknown field(s) {sorted(unknown)}; expected name, noise, blur, scale")
-    default_blur = {"denoise": None, "sisr": "symmetric"}.get(task, "circular")
-    blur = entry.get("blur", default_blur)
-    if task == "denoise" and blur is not None:
-        raise ConfigError(f"{key}.blur: task 'denoise' has no blur; set it to null or leave it out")
-    return Protocol(str(entry["name"]), "custom", entry.get("noise"), blur, int(entry.get("scale", scale)))
+def _protocol(entry: Dict[str, Any], i: int, task: str) -> Protocol:
+    if task == "denoise" and entry["blur"] is not None:
+        raise ConfigError(f"test_dataset.protocols[{i}].blur: task 'denoise' has no blur; set it to null or leave it out")
+    noise = entry["noise"]
+    kind = noise.get("type") if isinstance(noise, dict) else ("none" if noise is None else "uniform")
+    return Protocol(entry["name"], kind, noise, entry["blur"], int(entry["scale"]))
 
 
 def _test_images(tcfg, gray: bool):
@@ -204,11 +143,11 @@ class _Selected:
 def build_protocols(cfg) -> List[Protocol]:
     """Protocols with their datasets (images × kernels, noise seeded per image/kernel)."""
     from data.datasets import TestDataset
-    from engine.tasks import task_of
 
+    require_normalised(cfg)
     tcfg = cfg["test_dataset"]
-    task = task_of(cfg, "test_dataset")
-    protocols = protocol_list(tcfg, task)
+    task = tcfg["task"]
+    protocols = protocol_list(tcfg)
     gray = tcfg["num_channels"] == 1
     if protocols[0].kind == "real_noise":
         protocols[0].dataset = _real_noise_set(tcfg, gray)

@@ -25,7 +25,7 @@ from engine import distributed as dist
 from engine.checkpoint import export_weights, load_training_state, read_checkpoint, save_training_state
 from engine.datasets import build_train_loader, build_val_set
 from engine.modeling import (check_channels, has_parameters, instantiate, kaiming_init, load_initial_weights, run_model,
-                             spec_from_model_section, count_parameters)
+                             spec_from_model_section, count_parameters, to_device)
 from engine.tasks import check_model_for_task, model_scale
 from engine.tracking import RunLogger
 from engine.validate import validate
@@ -153,11 +153,6 @@ def _worker_ignore_signals(_worker_id: int) -> None:
     and shuts them down. SIGTERM still ends a worker: it is how a parent exiting after an error stops
     workers it could not shut down, and a worker ignoring it would hang that exit forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _to_device(batch: Dict[str, Any], device) -> Dict[str, Any]:
-    non_blocking = device.type == "cuda"
-    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _batch_psnr(x: torch.Tensor, gt: torch.Tensor) -> float:
@@ -314,7 +309,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
                 if in_epoch >= steps_per_epoch:
                     break
                 wrapped.train()
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 if mixup:
                     batch = mixup_batch(batch, mixup_rng(opts["seed"] + dist.rank(), step))
                 optimizer.zero_grad(set_to_none=True)
@@ -380,7 +375,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
                 scheduler.step()
             consistent = True
             if val_set is not None and epoch % opts["epoch_val"] == 0:
-                val_psnr, grid = validate(model, val_set, device, cfg)
+                val_psnr, grid = validate(model, val_set, device)
                 log.scalars({"psnr_val": val_psnr}, step, epoch)
                 log.text(f"validation after epoch {epoch} (step {step}): PSNR {val_psnr:.2f} dB on {len(val_set)} "
                          f"image(s)" + (" (best so far)" if best is None or val_psnr > best else f", best {best:.2f} dB"))

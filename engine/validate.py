@@ -6,32 +6,24 @@ from typing import List, Tuple
 
 import torch
 
-from engine.modeling import run_model
+from engine.modeling import item_batch, run_model
+from utils.imresize import resize_to
 from utils.io import make_grid
 from utils.metrics import psnr
 
 
 @torch.no_grad()
-def validate(model, items: List[dict], device, cfg, grid_images: int = 4) -> Tuple[float, torch.Tensor]:
+def validate(model, items: List[dict], device, grid_images: int = 4) -> Tuple[float, torch.Tensor]:
     was_training = model.training
     model.eval()
     scores, tiles = [], []
     for i, item in enumerate(items):
-        batch = {k: (v[None].to(device) if torch.is_tensor(v) else v) for k, v in item.items()}
-        x = run_model(model, batch)["x"][0].float().clamp(0, 1).cpu()
+        x = run_model(model, item_batch(item, device))["x"][0].float().clamp(0, 1).cpu()
         scores.append(psnr(x, item["x"]))
         if i < grid_images:
-            tiles += [_at_size(item["y"], x.shape[-2:]).clamp(0, 1), x, item["x"]]
+            tiles += [resize_to(item["y"], x.shape[-2:]).clamp(0, 1), x, item["x"]]
     model.train(was_training)
     grid = None
     if tiles and len({tuple(t.shape) for t in tiles}) == 1:
         grid = make_grid(torch.stack(tiles), nrow=3)
     return sum(scores) / len(scores), grid
-
-
-def _at_size(y: torch.Tensor, size) -> torch.Tensor:
-    """The degraded input at the output size (super-resolution: MATLAB bicubic upsampling)."""
-    if tuple(y.shape[-2:]) == tuple(size):
-        return y
-    from utils.imresize import imresize
-    return imresize(y.float(), output_shape=tuple(size))

@@ -176,8 +176,8 @@ def test_task_keys_take_only_known_tasks():
     with pytest.raises(ConfigError, match="train_dataset.task in --set: 'deblurring' is not one of deblur, "
                                           "denoise, sisr \\(did you mean 'deblur'\\?\\)"):
         load_config(None, None, ["train_dataset.task=deblurring"])
-    cfg = load_config(None, None, ["test_dataset.blur=symmetric", "scheduler.warmup_epochs=3"])
-    assert cfg["val_dataset"]["task"] == cfg["test_dataset"]["task"] == ""     # follow train_dataset.task
+    cfg = load_config(None, None, ["train_dataset.task=denoise", "test_dataset.blur=symmetric"])
+    assert cfg["val_dataset"]["task"] == cfg["test_dataset"]["task"] == "denoise"  # empty: train_dataset.task
     with pytest.raises(ConfigError, match="test_dataset.blur in --set: 'mirror' is not one of"):
         load_config(None, None, ["test_dataset.blur=mirror"])
 

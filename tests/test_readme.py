@@ -301,6 +301,25 @@ def test_double_slash_keys_are_ignored_in_config_files(tmp_path):
         load_config(str(train))
 
 
+def test_flags_and_specs_are_one_language(tmp_path):
+    assert "`utils/config_normalise.py` translates the flags into those specs (a given spec wins) and the\n" \
+           "engine reads only the specs. A run's `config.json` holds the translated specs, so it reloads as it ran." \
+           in README
+    assert "also inside the nested\ndegradation, noise, kernel and protocol specs" in README
+    from utils.config import ConfigError, from_dict, load_config, public
+
+    cfg = load_config(None, None, ["test_dataset.test_noise_level=[2.55, 7.65]"])
+    assert [p["name"] for p in cfg["test_dataset"]["protocols"]] == ["uniform_2.55", "uniform_7.65"]
+    given = load_config(None, None, ['test_dataset.protocols=[{"name": "mine", "noise": 5}]'])
+    assert given["test_dataset"]["protocols"] == [{"name": "mine", "noise": 5, "blur": "circular", "scale": 1}]
+    assert public(from_dict(public(cfg))) == public(cfg)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train_dataset": {"degradation": {"noise": {"type": "uniform", "sigmaa": 5}}}}))
+    with pytest.raises(ConfigError, match=r"unknown key 'train_dataset.degradation.noise.sigmaa' in .*bad.json "
+                                          r"\(did you mean 'train_dataset.degradation.noise.sigma'\?\)"):
+        load_config(str(bad))
+
+
 # 7 -------------------------------------------------------------------------------------------------
 def test_python_api_block_runs_as_written_in_a_fresh_clone(clone):
     """The block as a user pastes it into `python` at the root of a fresh clone (no ../shared)."""

@@ -4,7 +4,10 @@ A run reads a *train config* (sections train_dataset, val_dataset, model, optimi
 scheduler, train_options — the published `configs/traincolor.json` layout) and a *test config*
 (section test_dataset — the published `configs/test_*.json` layout). Both are merged into one dict
 `{section: {key: value}}`, missing keys take their defaults, and `--set section.key=value` overrides
-are applied on top. Every problem becomes a one-line `ConfigError` naming the key or file.
+are applied on top. Every problem becomes a one-line `ConfigError` naming the key or file; nested
+specs (degradation, noise, kernels, protocols) are checked key by key too. Finally `normalise`
+(utils/config_normalise.py) translates the published flags into those specs, once: the engine reads
+only the specs.
 
 Paths are checked where they are used (`require_file`, `require_dir`), so a test-only run does not
 need the training folders of the published config to exist.
@@ -33,6 +36,7 @@ class Key:
     doc: str
     choices: Optional[tuple] = None
     min: Optional[float] = None
+    spec: str = ""       # nested spec checked key by key: degradation | val_protocol | protocols
 
 
 _PUB = "(published key) "
@@ -77,9 +81,10 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                              "(the published training blurs uint8 images)."),
         "degradation": Key({}, "dict", "Full `data.degrade.build_degradation` spec (kernels, noise, blur, "
                            "scale, clip); non-empty replaces the one built from the keys above and the "
-                           "train_options.is_train_* flags (e.g. DSDNet/VIRNet recipes). Task defaults: `denoise` "
-                           "blur null; `sisr` blur `symmetric`, clip true (and, when empty, VIRNet's SR recipe at "
-                           "the model's scale: `sr_gaussian` 21×21 kernels, noise U(sigma_min, sigma_max))."),
+                           "train_options.is_train_* flags (e.g. DSDNet/VIRNet recipes). Task defaults: `deblur` "
+                           "blur circular; `denoise` blur null; `sisr` blur `symmetric`, clip true, scale and "
+                           "`sr_gaussian` kernel scale the model's (and, when empty, VIRNet's SR recipe: "
+                           "`sr_gaussian` 21×21 kernels, noise U(sigma_min, sigma_max)).", spec="degradation"),
         "task": Key("deblur", "str", "Restoration task. " + _TASK_DOC, choices=TASKS),
         "paired": Key(False, "bool", "Task `denoise`, real noise: root_path holds `noisy/` and `gt/` (or `clean/`) "
                       "folders of images with equal names (VIRNet's SIDD patches); both get the same crop and "
@@ -102,17 +107,20 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "use_holdout": Key(False, "bool", "Validate on the images train_dataset.holdout keeps out of training "
                            "(root_path must be empty)."),
         "patch_size": Key(0, "int", "Centre-crop validation images to this side (0: full images).", min=0),
-        "protocol": Key({}, "dict", "Explicit validation degradation {noise, blur, scale} as in "
+        "protocol": Key({}, "dict", "Task `deblur`: explicit validation degradation {noise, blur, scale} as in "
                         "test_dataset.protocols (e.g. {\"noise\": 25, \"blur\": null} for denoising); "
-                        "the kernel is still kernel_index of kernel_path."),
+                        "fields left out come from noise_level/sigma_map_type, circular blur, scale 1; the "
+                        "kernel is still kernel_index of kernel_path. Other tasks: use degradation.",
+                        spec="val_protocol"),
         "task": Key("", "str", "Validation task (empty: train_dataset.task). `denoise`: noise from "
                     "noise_level/sigma_map_type, no blur; `sisr`: VIRNet's validation (isotropic 21×21 "
                     "Gaussian, std 1.6, symmetric blur, noise_level, clipped) at the model's scale.",
                     choices=("",) + TASKS),
         "degradation": Key({}, "dict", "Full `data.degrade.build_degradation` spec for validation (task "
                            "defaults as train_dataset.degradation); non-empty replaces kernel_path, "
-                           "kernel_index, noise_level, sigma_map_type and protocol. Image i is degraded "
-                           "with the generator seeded by (0, i), so validation data never changes."),
+                           "kernel_index, noise_level and sigma_map_type (and excludes protocol). Image i is "
+                           "degraded with the generator seeded by (0, i), so validation data never changes.",
+                           spec="degradation"),
         "paired": Key(False, "bool", "Real-noise validation: root_path holds `noisy/` and `gt/` folders of "
                       "images with equal names (see train_dataset.paired); max_images and patch_size apply."),
         "noisy_mat": Key("", "str", "Real-noise validation on .mat blocks (SIDD `ValidationNoisyBlocksSrgb.mat`, "
@@ -252,7 +260,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                             "`record_steps`) and plot it per protocol."),
         "seed": Key(0, "int", "Noise seed (the published scripts reseed 0 before every image)."),
         "protocols": Key([], "list", "Explicit protocols replacing the is_test_* flags: objects {name, noise "
-                         "(a `data.noise.build_noise` spec), blur (default circular; null: denoising), scale}."),
+                         "(a `data.noise.build_noise` spec), blur (default circular; task `denoise`: null, "
+                         "`sisr`: symmetric), scale (default test_dataset.scale)}.", spec="protocols"),
         "task": Key("", "str", "Test task (empty: train_dataset.task). `denoise`: the noise protocols "
                     "without blur (is_test_real: real noisy/clean .mat blocks, see noisy_mat); `sisr`: "
                     "blur (`blur`), ×1/scale MATLAB bicubic, noise; the `bicubic` column scores the "
@@ -364,12 +373,103 @@ def check_value(section: str, key: str, value: Any, origin: str = "") -> Any:
         for v in values:
             if isinstance(v, (int, float)) and v < entry.min:
                 raise ConfigError(f"{section}.{key}{where}: expected a value >= {entry.min}, got {v}")
+    if entry.spec:
+        check_spec(entry.spec, value, f"{section}.{key}", where)
     return value
+
+
+# ----------------------------------------------------------------------------------------- nested specs
+# Degradation, noise, kernel and protocol specs are checked key by key at load, against the key tables
+# of the data modules that build them; their values (ranges, sizes) are checked when the data is built.
+def check_spec(kind: str, value: Any, name: str, where: str = "") -> None:
+    """Check a nested spec (`kind`: degradation | val_protocol | protocols) of the config entry `name`."""
+    if kind == "protocols":
+        for i, entry in enumerate(value):
+            _check_protocol(entry, f"{name}[{i}]", where, named=True)
+    elif kind == "val_protocol":
+        if value:
+            _check_protocol(value, name, where, named=False)
+    elif value:
+        _check_degradation(value, name, where)
+
+
+def _check_keys(value: Any, name: str, allowed: Iterable[str], where: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}{where}: expected a JSON object, got {json.dumps(value)}")
+    for key in value:
+        if key not in allowed:
+            raise ConfigError(f"unknown key '{name}.{key}'{where}{_suggest(key, allowed, f'{name}.')}")
+
+
+def _check_field(value: Any, name: str, kind: str, where: str, choices: Optional[tuple] = None) -> None:
+    if not _type_ok(value, kind):
+        raise ConfigError(f"{name}{where}: expected {_describe(kind)}, got {json.dumps(value)}")
+    if choices is not None and value not in choices:
+        words = [json.dumps(c) if c is None else str(c) for c in choices]
+        raise ConfigError(f"{name}{where}: '{value}' is not one of {', '.join(words)}{_suggest(str(value), words)}")
+
+
+def _spec_type(spec: dict, name: str, types: Iterable[str], where: str, default: Any = None) -> str:
+    kind = spec.get("type", default)
+    if kind is None:
+        raise ConfigError(f"{name}{where}: missing 'type' (one of {', '.join(types)})")
+    _check_field(kind, f"{name}.type", "str", where, tuple(types))
+    return kind
+
+
+def _check_degradation(spec: Any, name: str, where: str) -> None:
+    from data.degrade import BLUR_MODES, SPEC_KEYS
+
+    _check_keys(spec, name, sorted(SPEC_KEYS), where)
+    if "blur" in spec:
+        _check_field(spec["blur"], f"{name}.blur", "str|null", where, BLUR_MODES)
+    for key, kind in (("scale", "int"), ("clip", "bool"), ("quantize_blur", "bool")):
+        if key in spec:
+            _check_field(spec[key], f"{name}.{key}", kind, where)
+    if spec.get("kernels") is not None:
+        _check_kernels(spec["kernels"], f"{name}.kernels", where)
+    _check_noise(spec.get("noise"), f"{name}.noise", where)
+
+
+def _check_kernels(spec: Any, name: str, where: str) -> None:
+    from data.kernels import SAMPLER_KEYS
+
+    if isinstance(spec, str):
+        return  # a kernel file path
+    _check_keys(spec, name, ["type"] + sorted(set().union(*SAMPLER_KEYS.values())), where)
+    kind = _spec_type(spec, name, SAMPLER_KEYS, where, default="random")
+    _check_keys(spec, name, ["type"] + sorted(SAMPLER_KEYS[kind]), where)
+
+
+def _check_noise(spec: Any, name: str, where: str) -> None:
+    from data.noise import SPEC_KEYS
+
+    if spec is None or _type_ok(spec, "float"):
+        return  # no noise / AWGN of that σ
+    _check_keys(spec, name, ["type"] + sorted(set().union(*SPEC_KEYS.values())), where)
+    kind = _spec_type(spec, name, SPEC_KEYS, where)
+    _check_keys(spec, name, ["type"] + sorted(SPEC_KEYS[kind]), where)
+    for i, component in enumerate(spec.get("components", []) if kind == "mixture" else []):
+        _check_keys(component, f"{name}.components[{i}]", ("weight", "noise"), where)
+        _check_noise(component.get("noise"), f"{name}.components[{i}].noise", where)
+
+
+def _check_protocol(entry: Any, name: str, where: str, named: bool) -> None:
+    from data.degrade import BLUR_MODES
+
+    _check_keys(entry, name, ("name", "noise", "blur", "scale") if named else ("noise", "blur", "scale"), where)
+    if named:
+        _check_field(entry.get("name"), f"{name}.name", "str", where)
+    if "blur" in entry:
+        _check_field(entry["blur"], f"{name}.blur", "str|null", where, BLUR_MODES)
+    if "scale" in entry:
+        _check_field(entry["scale"], f"{name}.scale", "int", where)
+    _check_noise(entry.get("noise"), f"{name}.noise", where)
 
 
 def defaults(sections: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, Any]]:
     names = list(sections) if sections is not None else list(SCHEMA)
-    return {s: {k: copy.deepcopy(e.default) for k, e in SCHEMA[s].items()} for s in names}
+    return {section: {key: copy.deepcopy(entry.default) for key, entry in SCHEMA[section].items()} for section in names}
 
 
 def merge(base: Dict[str, Dict[str, Any]], update: Dict[str, Any], origin: str = "") -> None:
@@ -447,6 +547,7 @@ def apply_overrides(cfg: Dict[str, Dict[str, Any]], overrides: Iterable[str]) ->
                 if not isinstance(target, dict):
                     raise ConfigError(f"--set {text}: '{part}' is not a JSON object")
             target[sub[-1]] = value
+            check_value(section, key, cfg[section][key], "--set")
         else:
             cfg[section][key] = check_value(section, key, value, "--set")
 
@@ -469,7 +570,7 @@ def load_config(train_config: Optional[str] = None, test_config: Optional[str] =
     apply_overrides(cfg, overrides)
     cfg["_sources"] = {"train_config": train_config, "test_config": test_config,
                        "overrides": list(overrides or [])}
-    return cfg
+    return normalise(cfg)
 
 
 def override_text(key: str, value: Any) -> str:
@@ -500,10 +601,17 @@ def command_line(cfg: Dict[str, Any], overrides: Iterable[str] = ()) -> str:
 
 
 def from_dict(update: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """Defaults merged with a nested dict (for tests and scripts)."""
+    """Defaults merged with a nested dict (for tests and scripts), normalised as load_config's."""
     cfg = defaults()
     merge(cfg, update, origin="dict")
-    return cfg
+    return normalise(cfg)
+
+
+def normalise(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The published flags translated into the nested specs the engine reads (utils/config_normalise.py)."""
+    from utils.config_normalise import normalise as translate
+
+    return translate(cfg)
 
 
 # ----------------------------------------------------------------------------------------- paths

@@ -136,3 +136,10 @@ def imresize(x, scale=None, output_shape=None, antialiasing: bool = True, kernel
         m_w = torch.tensor(resize_matrix(in_w, out_w, s_w, kernel, antialiasing), dtype=x.dtype, device=x.device)
         x = torch.matmul(x, m_w.t())
     return x
+
+
+def resize_to(y: torch.Tensor, size) -> torch.Tensor:
+    """y at spatial `size` by MATLAB bicubic (a super-resolution input shown at the output size), else y."""
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    return imresize(y.float(), output_shape=tuple(size))
