@@ -194,7 +194,10 @@ def build_val_set(cfg, scale: Optional[int] = None):
     if v["kernel_path"]:
         if not os.path.exists(v["kernel_path"]):
             raise ConfigError(f"val_dataset.kernel_path: kernel file not found: '{v['kernel_path']}'")
-        kernels = load_kernels(v["kernel_path"])
+        try:
+            kernels = load_kernels(v["kernel_path"])
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"val_dataset.kernel_path: {err.args[0] if err.args else err}") from None
     else:
         kernels = default_kernels()
     if v["kernel_index"] >= len(kernels):
