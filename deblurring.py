@@ -8,7 +8,8 @@
     torchrun --nproc_per_node=4 deblurring.py --set train_dataset.is_train=true   # DDP
 
 As published, `train_dataset.is_train` in the train config picks training (true) or testing
-(false). Configuration errors print one line and exit with status 2.
+(false). Configuration and data errors print one line and exit with status 2; a write that fails
+(disk full, read-only folder) prints one line and exits with status 1.
 """
 from __future__ import annotations
 
@@ -82,46 +83,69 @@ def _here(path: str) -> str:
     return candidate if os.path.isfile(candidate) else path
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from utils.config import ConfigError, load_config
+def _one_line(err: BaseException) -> str:
+    """The message of a config/data error; a DataLoader worker's error carries the worker's traceback,
+    whose last line is "module.Type: message"."""
+    lines = str(err).strip().splitlines()
+    message = lines[-1] if lines else type(err).__name__
+    return re.sub(r"^[\w.]+: ", "", message) if len(lines) > 1 else message
+
+
+def run_reporting_errors(action) -> int:
+    """`action()`'s exit status, with the command line's error reporting: configuration and data errors
+    (our own types) are one line and status 2, a failed write (disk full, read-only folder) one line and
+    status 1, Ctrl-C status 130; anything else, a bug, keeps its traceback."""
+    from utils.config import ConfigError, DataError
+    from utils.io import storage_error
 
     try:
-        train_config = _here(args.train_config) if args.train_config == DEFAULT_TRAIN_CONFIG else args.train_config
-        test_config = _here(args.test_config) if args.test_config == DEFAULT_TEST_CONFIG else args.test_config
-        if args.input and args.test_config == DEFAULT_TEST_CONFIG:
-            test_config = _here(PHOTO_TEST_CONFIG)
-        cfg = load_config(train_config, test_config, args.overrides)
-        cfg["_sources"]["cli"] = _own_flags(args)
-        if args.input:
-            _photo_run(cfg, args.input, args.kernel)
-        if cfg["train_dataset"]["is_train"]:
-            from engine.train import train
-
-            result = train(cfg)
-            return 130 if result.status == "interrupted" else 0
-        if int(os.environ.get("RANK", "0")) != 0:
-            return 0            # under torchrun, evaluation runs once, on rank 0
-        from engine.evaluate import evaluate
-
-        evaluate(cfg)
-        return 0
+        return action()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as err:
-        # unreadable data named in the configs (images, kernel files); DEBLURRING_TRACEBACK=1 shows where
+    except DataError as err:
         if os.environ.get("DEBLURRING_TRACEBACK"):
             raise
-        lines = str(err.args[0] if isinstance(err, KeyError) and err.args else err).strip().splitlines()
-        message = lines[-1] if lines else type(err).__name__
-        if len(lines) > 1:  # a DataLoader worker's error carries its traceback; the last line is "Type: message"
-            message = re.sub(r"^\w+: ", "", message)
-        print(f"error: {message} (set DEBLURRING_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        print(f"error: {_one_line(err)} (set DEBLURRING_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 2
+    except OSError as err:
+        failed = storage_error(err)
+        if failed is None or os.environ.get("DEBLURRING_TRACEBACK"):
+            raise
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _run(args) -> int:
+    from utils.config import load_config
+
+    train_config = _here(args.train_config) if args.train_config == DEFAULT_TRAIN_CONFIG else args.train_config
+    test_config = _here(args.test_config) if args.test_config == DEFAULT_TEST_CONFIG else args.test_config
+    if args.input and args.test_config == DEFAULT_TEST_CONFIG:
+        test_config = _here(PHOTO_TEST_CONFIG)
+    cfg = load_config(train_config, test_config, args.overrides)
+    cfg["_sources"]["cli"] = _own_flags(args)
+    if args.input:
+        _photo_run(cfg, args.input, args.kernel)
+    if cfg["train_dataset"]["is_train"]:
+        from engine.train import train
+
+        result = train(cfg)
+        return 130 if result.status == "interrupted" else 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0            # under torchrun, evaluation runs once, on rank 0
+    from engine.evaluate import evaluate
+
+    evaluate(cfg)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_reporting_errors(lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from data.degrade import Degradation, build_degradation
-from data.images import match_channels, list_images, read_image
+from data.images import image_names, match_channels, list_images, read_image
 from data.kernels import dihedral, load_kernels, validate_kernel
 from data.noise import build_noise
+from utils.config import DataError
+from utils.operators import pad_kernel
 
 
 class ImageSource:
@@ -32,14 +34,15 @@ class ImageSource:
         if not items:
             raise ValueError("no images given")
         self.names, self.sources = [], []
+        file_names = image_names([p for p in items if isinstance(p, (str, Path))])
         for i, item in enumerate(items):
             if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[0], int):
                 name, src = item
             else:
                 src = item
-                name = Path(src).stem if isinstance(src, (str, Path)) else f"image{i:03d}"
+                name = file_names.pop(0) if isinstance(src, (str, Path)) else f"image{i:03d}"
             if torch.is_tensor(src) and (src.dim() != 3 or src.shape[0] not in (1, 3)):
-                raise ValueError(f"image '{name}': expected a C×H×W tensor with C = 1 or 3, got {tuple(src.shape)}")
+                raise DataError(f"image '{name}': expected a C×H×W tensor with C = 1 or 3, got {tuple(src.shape)}")
             self.names.append(str(name))
             self.sources.append(src)
         self.gray, self.cache, self._cached = gray, cache, {}
@@ -177,6 +180,8 @@ class RealDataset(Dataset):
         else:
             pairs = list(folder_or_pairs)
         self.pairs, self.gray = pairs, gray
+        self.names = image_names([image if isinstance(image, (str, Path)) else f"image{i:03d}"
+                                  for i, (image, _) in enumerate(pairs)])
 
     @staticmethod
     def _pair(images, kernels):
@@ -189,7 +194,7 @@ class RealDataset(Dataset):
         if all(p.stem in by_name for p in images):
             return [(p, by_name[p.stem]) for p in images]
         if len(ks) != len(images):
-            raise ValueError(f"cannot pair {len(images)} images with {len(ks)} kernels: "
+            raise DataError(f"cannot pair {len(images)} images with {len(ks)} kernels: "
                              f"names differ and counts differ")
         return list(zip(images, ks))
 
@@ -200,15 +205,7 @@ class RealDataset(Dataset):
         image, kernel = self.pairs[index]
         k = load_kernels(kernel)[0] if isinstance(kernel, (str, Path)) else validate_kernel(kernel, str(image))
         y = read_image(image, self.gray) if isinstance(image, (str, Path)) else match_channels(image.float(), self.gray)
-        name = Path(image).stem if isinstance(image, (str, Path)) else f"image{index:03d}"
-        return {"y": y, "k": torch.from_numpy(k).float()[None], "name": name, "image_index": index}
-
-
-def pad_kernel(k: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Zero-pad a …×kh×kw kernel to h×w keeping its centre (index kh//2 -> h//2)."""
-    kh, kw = k.shape[-2:]
-    top, left = h // 2 - kh // 2, w // 2 - kw // 2
-    return F.pad(k, (left, w - kw - left, top, h - kh - top))
+        return {"y": y, "k": torch.from_numpy(k).float()[None], "name": self.names[index], "image_index": index}
 
 
 def collate(items: list) -> dict:
@@ -227,7 +224,7 @@ def collate(items: list) -> dict:
         elif torch.is_tensor(vals[0]):
             shapes = {tuple(v.shape) for v in vals}
             if len(shapes) > 1:
-                raise ValueError(f"collate: '{key}' has different shapes {sorted(shapes)}; "
+                raise DataError(f"collate: '{key}' has different shapes {sorted(shapes)}; "
                                  f"use batch_size=1 for images of different sizes")
             batch[key] = torch.stack(vals)
         elif key == "scale":

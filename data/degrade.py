@@ -12,15 +12,34 @@ blurs, optionally downsamples (MATLAB bicubic, super-resolution) and adds noise,
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from data.kernels import build_kernel_sampler, validate_kernel
 from data.noise import build_noise
+from utils.config import DataError
 from utils.operators import conv_circular, kernel_batch
 
 BLUR_MODES = ("circular", "replicate", "reflect", "symmetric", "constant", "valid", None)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside the block. The last bit of an FFT or a matrix product depends on the
+    thread count; DataLoader workers run one thread, so synthesising on one thread in the main process too
+    (num_workers=0, validation, tests) makes the data bit-identical for every worker count."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _wrap_kernels(out: torch.Tensor, k: torch.Tensor):
@@ -69,14 +88,14 @@ def blur(x: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tens
     if mode == "valid":
         h, w = x.shape[-2:]
         if kh > h or kw > w:
-            raise ValueError(f"'valid' blur needs an image at least as large as the kernel {kh}×{kw}, got {h}×{w}")
+            raise DataError(f"'valid' blur needs an image at least as large as the kernel {kh}×{kw}, got {h}×{w}")
         rows, cols = valid_crop(kh, kw, h, w)
         return circular_blur(x, k)[..., rows, cols]
     if mode not in ("replicate", "reflect", "symmetric", "constant"):
         raise ValueError(f"blur mode '{mode}' unknown, expected one of {list(BLUR_MODES)}")
     h, w = x.shape[-2:]
     if mode in ("reflect", "symmetric") and (max(top, bottom) >= h or max(left, right) >= w):
-        raise ValueError(f"'{mode}' blur needs an image larger than half the kernel, got {h}×{w}")
+        raise DataError(f"'{mode}' blur needs an image larger than half the kernel, got {h}×{w}")
     if mode == "symmetric":  # half-sample symmetric: torch has no such padding, so gather indices
         rows = torch.from_numpy(np.pad(np.arange(h), (top, bottom), mode="symmetric")).to(x.device)
         cols = torch.from_numpy(np.pad(np.arange(w), (left, right), mode="symmetric")).to(x.device)
@@ -125,6 +144,10 @@ class Degradation:
         return self.sampler(rng), {}
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> dict:
+        with one_thread():
+            return self._degrade(x, rng)
+
+    def _degrade(self, x: torch.Tensor, rng: np.random.Generator) -> dict:
         k_np, extras = self._kernel(rng)
         k = torch.from_numpy(np.ascontiguousarray(k_np)).to(x.dtype)[None]
         if self.scale > 1:  # HR size must be a multiple of the scale (modcrop)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.config import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 LUMA = (0.299, 0.587, 0.114)
 
@@ -75,7 +77,7 @@ def _read_png16_colour(path: Path) -> np.ndarray:
             break
     w, h, depth, colour, _, _, interlace = header
     if interlace:
-        raise ValueError(f"cannot read image {path}: interlaced 16-bit colour PNGs are not supported")
+        raise DataError(f"cannot read image {path}: interlaced 16-bit colour PNGs are not supported")
     channels = {2: 3, 6: 4}[colour]
     stride = w * channels * 2
     rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, stride + 1).astype(np.int64)
@@ -99,10 +101,10 @@ def _decode(path: Path):
         if mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im).astype(np.int64)
             if arr.min() < 0 or arr.max() > 65535:
-                raise ValueError(f"cannot read image {path}: 32-bit integer values outside 0..65535")
+                raise DataError(f"cannot read image {path}: 32-bit integer values outside 0..65535")
             return arr.astype(np.uint16), 65535.0
         if mode == "F":
-            raise ValueError(f"cannot read image {path}: floating-point images are not supported")
+            raise DataError(f"cannot read image {path}: floating-point images are not supported")
         if mode == "P":
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         elif mode in ("1", "LA", "PA", "La"):
@@ -123,7 +125,7 @@ def read_image(path, gray: bool = False) -> torch.Tensor:
     try:
         arr, full = _decode(path)
     except (UnidentifiedImageError, OSError, SyntaxError, zlib.error, KeyError, TypeError, struct.error) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
+        raise DataError(f"cannot read image {path}: {err}") from None
     img = torch.from_numpy(arr.astype(np.float32) / np.float32(full))
     img = img[None] if img.dim() == 2 else img.permute(2, 0, 1).contiguous()
     return match_channels(img, gray, full)
@@ -149,6 +151,13 @@ def list_images(folder, recursive: bool = False) -> list:
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     return paths
+
+
+def image_names(paths) -> list:
+    """Names of image files: their stems, or their file names where two share a stem (a.png, a.jpg),
+    so that results written per name never overwrite each other."""
+    stems = [Path(p).stem for p in paths]
+    return [Path(p).name if stems.count(stem) > 1 else stem for p, stem in zip(paths, stems)]
 
 
 DEFAULT_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")

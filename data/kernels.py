@@ -13,6 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.config import DataError
+from utils.operators import warn_negative_kernel
+
 # ---------------------------------------------------------------------------------------------
 # Motion kernels from random 3-D camera trajectories (the generator NRL-GDN, KAIR and DSDNet ship)
 # ---------------------------------------------------------------------------------------------
@@ -390,20 +393,22 @@ KERNEL_IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".pgm")
 
 
 def validate_kernel(k, where: str) -> np.ndarray:
-    """Check a kernel and return it as float64 h×w normalised to sum 1; errors name `where`."""
+    """Check a kernel and return it as float64 h×w normalised to sum 1; errors name `where`; negative
+    entries are accepted with one warning per process."""
     try:
         a = np.asarray(k, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: kernel is not a numeric array ({err})") from None
+        raise DataError(f"{where}: kernel is not a numeric array ({err})") from None
     if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]):
         a = a.reshape(a.shape[1:]) if a.shape[0] == 1 else a[..., 0]
     if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"{where}: kernel must be a non-empty 2-D array (h×w), got shape {a.shape}")
+        raise DataError(f"{where}: kernel must be a non-empty 2-D array (h×w), got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{where}: kernel has non-finite values (NaN or inf)")
+        raise DataError(f"{where}: kernel has non-finite values (NaN or inf)")
     total = a.sum()
     if total <= 0:
-        raise ValueError(f"{where}: kernel sums to {total:.4g}; expected a positive sum")
+        raise DataError(f"{where}: kernel sums to {total:.4g}; expected a positive sum")
+    warn_negative_kernel(a, where)
     return a / total
 
 
@@ -418,7 +423,7 @@ def _read_kernel_image(path: Path) -> np.ndarray:
                 im = im.convert("L")
             return np.asarray(im, dtype=np.float64) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot read kernel image ({err})") from None
+        raise DataError(f"{path}: cannot read kernel image ({err})") from None
 
 
 def _read_mat(path: Path):
@@ -427,10 +432,10 @@ def _read_mat(path: Path):
     try:
         data = scipy.io.loadmat(str(path))
     except NotImplementedError:
-        raise ValueError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; "
+        raise DataError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; "
                          f"save with '-v7' or as .npy") from None
     except Exception as err:  # scipy raises several types for corrupt files
-        raise ValueError(f"{path}: cannot read .mat file ({err})") from None
+        raise DataError(f"{path}: cannot read .mat file ({err})") from None
     keys = [key for key in data if not key.startswith("__")]
     if "kernels" in data:
         key = "kernels"
@@ -445,7 +450,7 @@ def _read_mat(path: Path):
         return [value[:, :, i] for i in range(value.shape[2])]
     if value.ndim == 2:
         return [value]
-    raise ValueError(f"{path}: variable '{key}' has shape {value.shape}; expected a cell array, h×w or h×w×N")
+    raise DataError(f"{path}: variable '{key}' has shape {value.shape}; expected a cell array, h×w or h×w×N")
 
 
 def load_kernels(path, names: bool = False):
@@ -458,7 +463,7 @@ def load_kernels(path, names: bool = False):
     if path.is_dir():
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in KERNEL_IMAGE_EXTENSIONS)
         if not files:
-            raise ValueError(f"{path}: no kernel images ({', '.join(KERNEL_IMAGE_EXTENSIONS)}) in folder")
+            raise DataError(f"{path}: no kernel images ({', '.join(KERNEL_IMAGE_EXTENSIONS)}) in folder")
         raw, labels = [_read_kernel_image(f) for f in files], [f.stem for f in files]
         wheres = [str(f) for f in files]
     else:
@@ -469,14 +474,14 @@ def load_kernels(path, names: bool = False):
             try:
                 arr = np.load(path, allow_pickle=False)
             except Exception as err:
-                raise ValueError(f"{path}: cannot read .npy file ({err})") from None
+                raise DataError(f"{path}: cannot read .npy file ({err})") from None
             if arr.ndim not in (2, 3):
-                raise ValueError(f"{path}: array has shape {arr.shape}; expected h×w or N×h×w")
+                raise DataError(f"{path}: array has shape {arr.shape}; expected h×w or N×h×w")
             raw = [arr] if arr.ndim == 2 else list(arr)
         elif suffix in KERNEL_IMAGE_EXTENSIONS:
             raw = [_read_kernel_image(path)]
         else:
-            raise ValueError(f"{path}: unknown kernel file type '{suffix}'; "
+            raise DataError(f"{path}: unknown kernel file type '{suffix}'; "
                              f"expected .mat, .npy, a kernel image or a folder of them")
         labels = [f"{path.stem}_{i}" for i in range(len(raw))]
         wheres = [f"{path} [kernel {i}]" for i in range(len(raw))]

@@ -14,6 +14,7 @@ import torch
 
 from data.datasets import EpochSeededDataset, ImageSource, augmented_copy, centre_crop, random_crop
 from data.images import list_images
+from utils.config import DataError
 
 NOISY_DIR = "noisy"
 CLEAN_DIRS = ("gt", "clean")
@@ -54,7 +55,7 @@ class PairedImages:
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         y, x = self.noisy[i], self.clean[i]
         if y.shape != x.shape:
-            raise ValueError(f"pair '{self.names[i]}': noisy image is {tuple(y.shape)} but its ground truth is "
+            raise DataError(f"pair '{self.names[i]}': noisy image is {tuple(y.shape)} but its ground truth is "
                              f"{tuple(x.shape)}")
         return y, x
 

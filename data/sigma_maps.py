@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.config import DataError
+
 MAP_KINDS = ("peaks", "gauss", "gauss_mix", "bumps")
 
 
@@ -39,7 +41,7 @@ def gauss_mix(h: int, w: int, rng: np.random.Generator, cell: int = 32) -> np.nd
     Generator state reproduces VIRNet's `generate_gauss_kernel_mix` map."""
     kh, kw = h // cell, w // cell
     if kh == 0 or kw == 0:
-        raise ValueError(f"gauss_mix map needs at least {cell}×{cell} pixels, got {h}×{w}")
+        raise DataError(f"gauss_mix map needs at least {cell}×{cell} pixels, got {h}×{w}")
     cx = (rng.uniform(0, cell, size=(kh, kw)) + np.arange(kw)[None, :] * cell).ravel()
     cy = (rng.uniform(0, cell, size=(kh, kw)) + np.arange(kh)[:, None] * cell).ravel()
     scale = rng.uniform(cell / 2, cell, size=kh * kw)

@@ -169,7 +169,10 @@ def _protocol_items(val, images, gray: bool) -> List[dict]:
     if val["kernel_path"]:
         if not os.path.exists(val["kernel_path"]):
             raise ConfigError(f"val_dataset.kernel_path: kernel file not found: '{val['kernel_path']}'")
-        kernels = load_kernels(val["kernel_path"])
+        try:
+            kernels = load_kernels(val["kernel_path"])
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"val_dataset.kernel_path: {err.args[0] if err.args else err}") from None
     else:
         kernels = default_kernels()
     if val["kernel_index"] >= len(kernels):

@@ -30,7 +30,7 @@ from models.contract import hook
 from models.published import PUBLISHED
 from utils.config import ConfigError, command_line, override_text, public
 from utils.imresize import resize_to
-from utils.io import atomic_write_json, move_aside, save_image
+from utils.io import WriteError, atomic_write_json, check_writable, move_aside, save_image
 from utils.metrics import evaluate_pair, psnr
 
 DEGRADED = "degraded"
@@ -179,6 +179,25 @@ def _safe(name: str) -> str:
     return safe if safe.strip(".") else safe.replace(".", "_") or "_"
 
 
+class _OutputNames:
+    """One file-name base per input image, never shared: `_safe` maps 'x y' and 'x_y' alike, so a base
+    already taken by another image gets _2, _3, ... Names that need no change are served first."""
+
+    def __init__(self, names=()):
+        self.bases, self.taken = {}, set()
+        for name in sorted(names, key=lambda n: _safe(n) != n):
+            self(name)
+
+    def __call__(self, name: str) -> str:
+        if name not in self.bases:
+            base, n = _safe(name), 1
+            while (base if n == 1 else f"{base}_{n}") in self.taken:
+                n += 1
+            self.bases[name] = base if n == 1 else f"{base}_{n}"
+            self.taken.add(self.bases[name])
+        return self.bases[name]
+
+
 def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     started = time.time()
     tcfg = cfg["test_dataset"]
@@ -186,6 +205,12 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     if device.type == "cuda":   # full float32 (no TF32) so GPU scores match the CPU's and the papers'
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    run_name = results_folder_name(tcfg)
+    run_dir = os.path.join(tcfg["result_save_file"], run_name)
+    try:
+        check_writable(tcfg["result_save_file"])
+    except WriteError as err:
+        raise ConfigError(f"test_dataset.result_save_file: {err} (checked before evaluating)") from None
     protocols = build_protocols(cfg)
     models = load_models(cfg, device)
     task = task_of(cfg, "test_dataset")
@@ -194,8 +219,6 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
         check_model_for_task(model, task, tcfg["scale"], "test_dataset.scale")
     input_label = BICUBIC if task == "sisr" else DEGRADED
     color = metric_color(tcfg)
-    run_name = results_folder_name(tcfg)
-    run_dir = os.path.join(tcfg["result_save_file"], run_name)
     try:
         archived = move_aside(run_dir, RESULT_MARKERS)
     except ValueError as err:
@@ -204,6 +227,7 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     result = EvalResult(run_dir=run_dir)
     stepping = {spec.title: maybe_record_steps(m, tcfg["record_steps"]) for spec, m in models}
     primary = models[0][0].title
+    output_name = _OutputNames(protocols[0].image_names or getattr(protocols[0].dataset, "names", []))
     say = print if verbose else (lambda *a, **k: None)
     say(f"evaluating {', '.join(s.title for s, _ in models)} on {len(protocols)} protocol(s) -> {run_dir}"
         + (f" (earlier results there moved to {archived})" if archived else ""))
@@ -237,7 +261,7 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                     curve = [psnr(_luma_or_rgb(s[0].float().clamp(0, 1).cpu(), color),
                                   _luma_or_rgb(item["x"], color), border=tcfg["border"]) for s in out["steps"]]
                     step_sums.setdefault(spec.title, []).append(curve)
-            base = f"{_safe(item['name'])}"
+            base = output_name(item["name"])
             kdir = os.path.join(folder, f"kernel{item['kernel_label']}")
             written = {}
             if tcfg["save_images"]:

@@ -14,7 +14,7 @@ from models import build_model, load_pretrained
 from models.checkpoint import model_recipe
 from models.contract import has_hook, hook
 from models.growth import load_grown
-from utils.config import ConfigError
+from utils.config import ConfigError, DataError
 
 
 def as_outputs(out) -> Dict[str, Any]:
@@ -103,7 +103,7 @@ def instantiate(spec: ModelSpec) -> nn.Module:
         return build_model(spec.name, **spec.options)
     except KeyError as err:
         raise ConfigError(f"{spec.key}.model_select: {err.args[0]}") from None
-    except TypeError as err:
+    except (TypeError, ValueError) as err:     # constructors validate their options with ValueErrors
         raise ConfigError(f"{spec.key}.options: {err}") from None
 
 
@@ -133,6 +133,8 @@ def build_for_evaluation(spec: ModelSpec, device: torch.device, missing_hint: st
                           f"checkpoint was given{hint}")
     try:
         load_pretrained(model, spec.pretrained, checkpoint=state)
+    except DataError as err:     # NaN/Inf weights: the file is broken, not mismatched
+        raise ConfigError(f"{spec.key}.pretrained: {err}") from None
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{spec.key}.pretrained: '{spec.pretrained}' does not fit model '{spec.name}' "
@@ -164,6 +166,8 @@ def load_initial_weights(model: nn.Module, path: Optional[str], grow: bool = Fal
             load_grown(model, path)
         else:
             load_pretrained(model, path)
+    except DataError as err:
+        raise ConfigError(f"model.init_from: {err}") from None
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.init_from: '{path}' does not fit the model: {first}") from None

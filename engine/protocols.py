@@ -84,7 +84,7 @@ def _protocol(entry: Dict[str, Any], i: int, task: str) -> Protocol:
 
 def _test_images(tcfg, gray: bool):
     from data.default_data import default_test_images
-    from data.images import list_images
+    from data.images import image_names, list_images
 
     if not tcfg["test_data"]:
         items = list(default_test_images(gray=gray).items())
@@ -94,7 +94,8 @@ def _test_images(tcfg, gray: bool):
             raise ConfigError(f"test_dataset.test_data: image folder not found: '{folder}' "
                               "(root_path + test_data)")
         try:
-            items = [(os.path.splitext(os.path.basename(p))[0], p) for p in list_images(folder)]
+            paths = list_images(folder)
+            items = list(zip(image_names(paths), paths))
         except ValueError as err:
             raise ConfigError(f"test_dataset.test_data: {err}") from None
     if tcfg["max_images"]:

@@ -5,8 +5,11 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 from tqdm import tqdm
+
+from utils.io import WriteError, atomic_write_text
 
 
 class _NoProgress:
@@ -20,8 +23,38 @@ class _NoProgress:
         pass
 
 
+def _append(f, line: str) -> None:
+    """Append a line and flush; a failed write (disk full) names the file."""
+    try:
+        f.write(line)
+        f.flush()
+    except OSError as err:
+        raise WriteError(f.name, err, note="") from err
+
+
+def _cut_history(path: str, last_step: int) -> None:
+    """Keep the records of steps <= last_step: a resumed run repeats the steps logged after its checkpoint."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):   # a line cut short by a crash
+            continue
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(kept))
+
+
 class RunLogger:
-    def __init__(self, run_dir: str, log_file: str, enabled: bool = True, tensorboard: bool = True):
+    """`resume_step`: the step a resumed run continues from; later records of the killed run are dropped
+    (history.jsonl is cut back, TensorBoard purges them)."""
+
+    def __init__(self, run_dir: str, log_file: str, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: Optional[int] = None):
         self.enabled, self.run_dir = enabled, run_dir
         self.writer = None
         self._text = self._history = None
@@ -30,14 +63,18 @@ class RunLogger:
         os.makedirs(run_dir, exist_ok=True)
         path = log_file if os.path.isabs(log_file) else os.path.join(run_dir, log_file)
         self._text = open(path, "a", encoding="utf-8")
-        self._history = open(os.path.join(run_dir, "history.jsonl"), "a", encoding="utf-8")
+        history = os.path.join(run_dir, "history.jsonl")
+        if resume_step is not None:
+            _cut_history(history, resume_step)
+        self._history = open(history, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is in requirements.txt; keep training without it
                 self.text("tensorboard is not installed: no TensorBoard logs")
             else:
-                self.writer = SummaryWriter(log_dir=os.path.join(run_dir, "tb"))
+                purge = None if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(log_dir=os.path.join(run_dir, "tb"), purge_step=purge)
 
     def text(self, message: str, stamp: bool = True) -> None:
         """Print and log a line; stamp=False leaves out the time (a command to copy)."""
@@ -45,17 +82,14 @@ class RunLogger:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}" if stamp else message
         tqdm.write(line, file=sys.stdout)
-        self._text.write(line + "\n")
-        self._text.flush()
+        _append(self._text, line + "\n")
 
     def scalars(self, values: dict, step: int, epoch: int) -> None:
         if not self.enabled:
             return
-        self._history.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
-        self._history.flush()
-        self._text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [epoch {epoch}][step {step}] "
-                         + " ".join(f"{k} {v:.6g}" for k, v in values.items()) + "\n")
-        self._text.flush()
+        _append(self._history, json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+        _append(self._text, f"{time.strftime('%Y-%m-%d %H:%M:%S')} [epoch {epoch}][step {step}] "
+                + " ".join(f"{k} {v:.6g}" for k, v in values.items()) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)

@@ -6,11 +6,13 @@ epoch, so a resumed run sees the same batches, weights and optimizer state as an
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import itertools
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -32,7 +34,7 @@ from engine.validate import validate
 from models.contract import has_hook, hook
 from models.losses import build_loss
 from utils.config import ConfigError, command_line, override_text, public
-from utils.io import move_aside
+from utils.io import WriteError, check_writable, holds_run, move_aside, remove_stale_temp_files
 
 
 class _OnError:
@@ -71,12 +73,27 @@ class _StopRequest:
         self.requested = False
         self.signal_name = ""
         self._previous = {}
+        self._saving = self._abort_after_save = False
 
     def _handler(self, signum, frame):
         if self.requested:      # a second signal: stop now (a stuck step never reaches the save)
+            if self._saving:    # ... but never inside a file: finish it, then stop
+                self._abort_after_save = True
+                return
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def saving(self):
+        """A second signal arriving during the block aborts right after it, with the file complete."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._abort_after_save:
+            raise KeyboardInterrupt
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -96,6 +113,45 @@ def _run_name(cfg) -> str:
         raise ConfigError(f"train_options.run_name: '{name}' must be a plain folder name (no '/', not '.' or '..'); "
                           "the run folder is <checkpoint_dir>/<run_name>")
     return name
+
+
+def _run_markers(opts) -> tuple:
+    """Files every run of ours writes into its folder."""
+    return os.path.basename(opts["log_file"]), "history.jsonl", "last.pth"
+
+
+def _check_before_work(cfg, run_dir: str) -> None:
+    """Before anything is built or written: a fresh run does not start over an earlier one unless asked
+    (train_options.overwrite moves it aside later), and the run and export folders can be written."""
+    opts = cfg["train_options"]
+    if not opts["total_iters"] and not opts["epochs"]:
+        raise ConfigError("train_options.epochs: 0 (and total_iters 0) trains nothing and would export untrained "
+                          "weights; set epochs or total_iters to at least 1")
+    if opts["resume"] and opts["overwrite"]:
+        raise ConfigError("train_options.overwrite: true together with resume=true; a resumed run continues its "
+                          "own folder, so set only one of them")
+    try:
+        earlier = not opts["resume"] and holds_run(run_dir, _run_markers(opts))
+    except ValueError as err:
+        raise ConfigError(f"train_options.run_name: {err}") from None
+    if earlier and not opts["overwrite"]:
+        raise ConfigError(f"train_options.run_name: '{run_dir}' holds an earlier run; continue it with "
+                          "train_options.resume=true, start a new one with another train_options.run_name, or set "
+                          f"train_options.overwrite=true to move it to {os.path.basename(run_dir)}_archived_<time>/")
+    for key, folder in (("train_options.checkpoint_dir", opts["checkpoint_dir"]),
+                        ("model.model_save_file", cfg["model"]["model_save_file"])):
+        try:
+            check_writable(folder)
+        except WriteError as err:
+            raise ConfigError(f"{key}: {err} (checked before training)") from None
+
+
+def _remove_stale_temp_files(cfg, run_dir: str) -> list:
+    """Temp files of saves killed mid-write: in the run folder, and of this run's exports."""
+    name = _run_name(cfg)
+    export = re.compile(re.escape(name) + r"(_\d+)?\.pth")
+    return remove_stale_temp_files(run_dir) + remove_stale_temp_files(
+        cfg["model"]["model_save_file"], only=lambda target: bool(export.fullmatch(target)))
 
 
 def _check_noise_flags(cfg) -> None:
@@ -197,6 +253,8 @@ def train(cfg: Dict[str, Any], step_callback: Optional[Callable[[int, float], No
 
 def _train(cfg, device, step_callback) -> TrainResult:
     opts = cfg["train_options"]
+    run_dir = os.path.join(opts["checkpoint_dir"], _run_name(cfg))
+    _check_before_work(cfg, run_dir)
     torch.manual_seed(opts["seed"])
     spec = spec_from_model_section(cfg["model"])
     model = instantiate(spec)
@@ -216,7 +274,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
         loss_fn = build_loss(loss_name, **cfg["model"]["loss_options"])
     except KeyError as err:
         raise ConfigError(f"model.loss: {err.args[0]}") from None
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"model.loss_options: {err}") from None
 
     world = dist.world_size()
@@ -237,7 +295,6 @@ def _train(cfg, device, step_callback) -> TrainResult:
     scheduler = build_scheduler(cfg, optimizer, total_steps if by_iters else opts["epochs"])
     scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and opts["amp"] == "fp16") else None
 
-    run_dir = os.path.join(opts["checkpoint_dir"], _run_name(cfg))
     last_path, best_path = os.path.join(run_dir, "last.pth"), os.path.join(run_dir, "best.pth")
     epoch, step, skip_batches, best = 0, 0, 0, None
     run_id, archived = uuid.uuid4().hex, ""
@@ -253,19 +310,23 @@ def _train(cfg, device, step_callback) -> TrainResult:
         pos = load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         epoch, step, skip_batches, best = pos["epoch"], pos["step"], pos["batch_in_epoch"], pos["best_metric"]
         run_id = pos["run_id"] or run_id   # checkpoints written before run ids existed start a new one
-    elif dist.is_main():
+    elif dist.is_main():    # only with train_options.overwrite: an earlier run was refused before
         try:
-            archived = move_aside(run_dir, (os.path.basename(opts["log_file"]), "history.jsonl", "last.pth"))
+            archived = move_aside(run_dir, _run_markers(opts))
         except ValueError as err:
             raise ConfigError(f"train_options.run_name: {err}") from None
+    stale = _remove_stale_temp_files(cfg, run_dir) if dist.is_main() else []
     dist.barrier()
 
-    log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"])
+    log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"],
+                    resume_step=step if opts["resume"] else None)
     log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
              f"processes {world}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
     if archived:
-        log.text(f"a previous run was in {run_dir}: moved to {archived} (set train_options.resume=true to continue one)")
+        log.text(f"train_options.overwrite: the earlier run in {run_dir} was moved to {archived}")
+    if stale:
+        log.text(f"removed {len(stale)} temp file(s) left by saves that were killed: {', '.join(stale)}")
     val_set = build_val_set(cfg, scale) if (opts["epoch_val"] and dist.is_main()) else None
     if val_set is not None and not val_set:
         raise ConfigError("val_dataset: no validation images (check its folder or .mat files, or set "
@@ -276,13 +337,16 @@ def _train(cfg, device, step_callback) -> TrainResult:
     result = TrainResult(status="completed", run_dir=run_dir, model=model)
     config_snapshot = public(cfg)
 
+    stop = _StopRequest()
+
     def save(path, ep, in_epoch):
         """Rank 0 writes; callers that need the file on every rank add a barrier."""
         if dist.is_main():
-            save_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                epoch=ep, step=step, batch_in_epoch=in_epoch, best_metric=best,
-                                config=config_snapshot, model_select=spec.name, model_options=spec.options,
-                                run_id=run_id)
+            with stop.saving():
+                save_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                    epoch=ep, step=step, batch_in_epoch=in_epoch, best_metric=best,
+                                    config=config_snapshot, model_select=spec.name, model_options=spec.options,
+                                    run_id=run_id)
 
     def finished() -> bool:
         return step >= total_steps if by_iters else epoch >= opts["epochs"]
@@ -298,7 +362,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
 
     progress = log.progress(total=total_steps, initial=step, desc=f"train {spec.name}")
     started = time.time()
-    with _StopRequest() as stop, _OnError(save_after_error):
+    with stop, _OnError(save_after_error):
         while not finished():
             sampler.set_epoch(epoch)
             if hasattr(dataset, "set_epoch"):
@@ -391,10 +455,13 @@ def _train(cfg, device, step_callback) -> TrainResult:
     progress.close()
     result.last_checkpoint = last_path
     if dist.is_main():
+        plain = os.path.join(cfg["model"]["model_save_file"], f"{_run_name(cfg)}.pth")
         result.exported = export_weights(_export_path(cfg["model"]["model_save_file"], _run_name(cfg), run_id),
                                          model=model, config=config_snapshot, model_select=spec.name,
                                          model_options=spec.options,
                                          extra={"step": step, "best_metric": best, "run_id": run_id})
+        if result.exported != plain:
+            log.text(f"{plain} holds another run's weights and was kept; this run's weights: {result.exported}")
         minutes = (time.time() - started) / 60
         curves = log.plot_curves(f"{_run_name(cfg)} · {spec.name}")
         log.text(f"done: {step} steps in {minutes:.1f} min; last {last_path}"

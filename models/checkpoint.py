@@ -17,9 +17,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from models.published import published_for_file
+from utils.config import DataError
 
 WRAPPER_KEYS = ("model", "params", "model_state_dict", "state_dict", "net")
 _SHOWN = 5  # keys listed per category in error messages
+_TORCH_PREAMBLE = ("Weights only load failed", "Check the documentation")   # torch's advice, not the reason
 SAFE_TORCH = (2, 6)  # before 2.6, weights_only=True could be bypassed (CVE-2025-32434)
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,8 @@ def _is_state_dict(obj) -> bool:
 
 
 def extract_state_dict(obj, path="checkpoint") -> dict:
-    """The state_dict inside a loaded checkpoint object, with any 'module.' prefix removed."""
+    """The state_dict inside a loaded checkpoint object, with any 'module.' prefix removed; DataError (a
+    ValueError) when a tensor holds NaN or Inf."""
     if not _is_state_dict(obj):
         wrapped = None
         if isinstance(obj, Mapping):
@@ -44,6 +47,10 @@ def extract_state_dict(obj, path="checkpoint") -> dict:
     prefix = "module."
     if all(key.startswith(prefix) for key in obj):
         obj = {key[len(prefix):]: value for key, value in obj.items()}
+    bad = [key for key, value in obj.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:   # a model with NaN weights would evaluate to NaN without a word
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"{path}: tensor '{bad[0]}'{more} holds NaN or Inf values; these weights are unusable")
     return dict(obj)
 
 
@@ -64,19 +71,21 @@ def compare_state_dicts(expected: Mapping, found: Mapping):
 
 def load_checkpoint(path, map_location="cpu"):
     """The object stored at `path`, read with `torch.load(weights_only=True)` (never beyond: a checkpoint
-    that pickles other objects could run code). One-line errors: FileNotFoundError, ValueError."""
+    that pickles other objects could run code). One-line errors: FileNotFoundError, DataError (a ValueError)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if tuple(int(v) for v in torch.__version__.split(".")[:2]) < SAFE_TORCH:
-        raise ValueError(f"{path}: not read: torch {torch.__version__} cannot load checkpoints safely "
+        raise DataError(f"{path}: not read: torch {torch.__version__} cannot load checkpoints safely "
                          f"(weights_only=True is sound from torch {'.'.join(map(str, SAFE_TORCH))}); upgrade torch")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # unpickling errors are long multi-line messages; keep the first line
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) (if you trust the file, "
-                         f"re-save its state_dict alone with torch.save): {first_line}") from None
+    except Exception as err:  # unpickling errors are long multi-line messages; keep the line with the reason
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if not line.startswith(_TORCH_PREAMBLE)),
+                      lines[0] if lines else type(err).__name__)
+        raise DataError(f"{path}: cannot be read with torch.load(weights_only=True): {reason} (if you trust the "
+                        "file, re-save its state_dict alone with torch.save)") from None
 
 
 def read_state_dict(path, map_location="cpu") -> dict:

@@ -31,7 +31,8 @@ from torch.utils.checkpoint import checkpoint
 
 from models.dsdnet_blocks import CGUNet, FilterShrinkage, HypNet, KryNet, NLNet, NLNetV2
 from models.dsdnet_ops import ADJOINTS, BlurOperator, PADDING_MODES, fft_init
-from utils.operators import kernel_batch
+from utils.config import DataError
+from utils.operators import blur_model_inputs
 
 KERNEL_CONVENTIONS = ("convolution", "correlation")
 
@@ -65,9 +66,9 @@ class _DSDBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, y: torch.Tensor, k: torch.Tensor):
-        if y.dim() != 4 or y.shape[1] != self.in_nc:
-            raise ValueError(f"y must be N×{self.in_nc}×H×W, got shape {tuple(y.shape)}")
-        k = kernel_batch(k, y.shape[0], y)
+        y, k = blur_model_inputs(self, y, k)
+        if y.shape[1] != self.in_nc:
+            raise DataError(f"y must be N×{self.in_nc}×H×W, got shape {tuple(y.shape)}")
         if self.kernel_convention == "correlation":
             k = torch.flip(k, dims=(-2, -1))
         blur = BlurOperator(k, self.padding_mode, self.adjoint)

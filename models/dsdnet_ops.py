@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.config import DataError
 from utils.operators import compute_dtype, conv_direct, kernel_batch, no_autocast, psf2otf
 
 PADDING_MODES = ("replicate", "circular", "reflect", "zeros")
@@ -144,7 +145,7 @@ def fft_init(y: torch.Tensor, k: torch.Tensor, weight: float = 0.002, n_tapers: 
     k = kernel_batch(k, y.shape[0], y)
     kh, kw = k.shape[-2:]
     if not exact_crop and kh != kw:
-        raise ValueError(f"DSDNet's published FFT initialiser assumes square kernels, got {kh}×{kw}; "
+        raise DataError(f"DSDNet's published FFT initialiser assumes square kernels, got {kh}×{kw}; "
                          "pad the kernel to a square or build the model with exact_crop=True")
     dtype = y.dtype
     if dtype in (torch.float16, torch.bfloat16):

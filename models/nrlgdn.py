@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from models.drunet import DRUNet
-from utils.operators import BOUNDARIES, blur_pair, check_blur_inputs, eq22_init
+from utils.config import DataError
+from utils.operators import BOUNDARIES, blur_model_inputs, blur_pair, eq22_init
 
 
 class RGDNBlock(nn.Module):
@@ -151,9 +152,9 @@ class NRLGDNUnrolled(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, y: torch.Tensor, k: torch.Tensor):
-        k = check_blur_inputs(y, k)
+        y, k = blur_model_inputs(self, y, k)
         if y.shape[1] != self.in_nc:
-            raise ValueError(f"{type(self).__name__} expects y with {self.in_nc} channels "
+            raise DataError(f"{type(self).__name__} expects y with {self.in_nc} channels "
                              f"(N×{self.in_nc}×H×W), got {tuple(y.shape)}")
         y = y.contiguous()
         x = self.initial_estimate(y, k)

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.config import DataError
+
 EXTRA_MODES = ("null", "input", "down", "both")
 
 
@@ -33,7 +35,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if bottom == 0 and right == 0:
         return x
     if bottom >= h or right >= w:
-        raise ValueError(f"input of size {h}x{w} is too small to reflect-pad to a multiple of {multiple}")
+        raise DataError(f"input of size {h}x{w} is too small to reflect-pad to a multiple of {multiple}")
     return F.pad(x, (0, right, 0, bottom), mode="reflect")
 
 

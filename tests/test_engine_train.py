@@ -141,14 +141,15 @@ def test_resumed_run_replaces_only_its_own_export(tiny):
 
 
 def test_new_run_keeps_earlier_runs_and_weights(tiny):
-    """A fresh run in a used run folder moves the old run aside; its export never replaces another run's
-    weights (e.g. `python deblurring.py --set train_dataset.is_train=true` next to a shipped checkpoint)."""
+    """With train_options.overwrite a fresh run in a used run folder moves the old run aside; its export never
+    replaces another run's weights (e.g. `python deblurring.py --set train_dataset.is_train=true` next to a
+    shipped checkpoint)."""
     folder, img_dir, kernel_path, _ = tiny
     run = os.path.join(folder, "again")
     first = train(tiny_train_config(run, img_dir, kernel_path, epochs=1, epoch_val=0))
     shipped = read_checkpoint(first.exported)
     first_last = read_checkpoint(first.last_checkpoint)
-    second = train(tiny_train_config(run, img_dir, kernel_path, epochs=2, epoch_val=0))
+    second = train(tiny_train_config(run, img_dir, kernel_path, epochs=2, epoch_val=0, overwrite=True))
     assert second.exported == first.exported.replace("tiny.pth", "tiny_2.pth")
     assert read_checkpoint(second.exported)["step"] == 4
     for key, value in shipped["model"].items():
@@ -163,7 +164,7 @@ def test_new_run_keeps_earlier_runs_and_weights(tiny):
     foreign = os.path.join(run, "weights", "tiny_3.pth")
     torch.save({"r.m_head.weight": torch.zeros(1)}, foreign)
     os.remove(second.exported)
-    third = train(tiny_train_config(run, img_dir, kernel_path, epochs=1, epoch_val=0))
+    third = train(tiny_train_config(run, img_dir, kernel_path, epochs=1, epoch_val=0, overwrite=True))
     assert third.exported.endswith("tiny_2.pth") and list(torch.load(foreign, weights_only=True)) == ["r.m_head.weight"]
 
 

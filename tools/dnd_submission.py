@@ -25,17 +25,15 @@ def main(argv=None) -> int:
     parser.add_argument("--test_config", default="configs/virnet_denoise_real_test.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
+    from deblurring import run_reporting_errors
     from engine.dnd import dnd_submission
-    from utils.config import ConfigError, load_config
+    from utils.config import load_config
 
-    try:
-        cfg = load_config(args.train_config, args.test_config, args.overrides)
-        written = dnd_submission(cfg, args.dnd, args.out)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} bundle(s) to {os.path.join(args.out, 'bundled')}")
-    return 0
+    def submit() -> int:
+        written = dnd_submission(load_config(args.train_config, args.test_config, args.overrides), args.dnd, args.out)
+        print(f"wrote {len(written)} bundle(s) to {os.path.join(args.out, 'bundled')}")
+        return 0
+    return run_reporting_errors(submit)
 
 
 if __name__ == "__main__":

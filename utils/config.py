@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the key/file and what was expected."""
 
 
+class DataError(ValueError):
+    """Unreadable or invalid input data (an image, a kernel, a .mat file, the inputs of `net(y, k)`); the
+    message is one line naming the file or argument. A ValueError so API callers may catch either."""
+
+
 @dataclass(frozen=True)
 class Key:
     default: Any
@@ -189,6 +194,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                       "scheduler, position in the epoch, RNG states)."),
         "resume_model_name": Key("", "str", _PUB + "Checkpoint to resume: a file name inside the run folder "
                                  "or a path (empty: `<checkpoint_dir>/<run_name>/last.pth`)."),
+        "overwrite": Key(False, "bool", "A fresh run (resume false) whose run folder holds an earlier run: false "
+                         "refuses to start; true moves that folder to `<run_name>_archived_<time>/` first (nothing "
+                         "is deleted; the earlier export stays, the new one goes to `<run_name>_2.pth`, `_3`, ...)."),
         "is_train_gauss": Key(True, "bool", _PUB + "Train with Gaussian noise (see train_dataset.noise_type)."),
         "is_train_jpeg_compression": Key(False, "bool", _PUB + "Not supported (as in the published "
                                          "code); true is an error."),

@@ -2,13 +2,18 @@
 
 Every writer goes through a temporary file in the destination folder, fsync, then ``os.replace``:
 a reader (or a resumed run) sees either the old file or the complete new one, never half of it.
-Missing parent folders are created.
+Missing parent folders are created. A write that fails (disk full, read-only folder) raises WriteError,
+one line with the path and the cause, and removes its temp file.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
+import re
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,23 +22,109 @@ import numpy as np
 import torch
 
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)   # only writing can cause these
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+class WriteError(OSError):
+    """A file or folder could not be written (disk full, read-only folder, no permission): one line with
+    the path and the cause; the file's previous version, if any, is unchanged."""
+
+    def __init__(self, path, cause: OSError, note: str = " (any earlier version of it is kept)"):
+        super().__init__(cause.errno, cause.strerror or str(cause) or type(cause).__name__, os.fspath(path))
+        self.path, self.note = os.fspath(path), note
+
+    def __str__(self):
+        return f"cannot write '{self.path}': {self.strerror}{self.note}"
+
+
+def _os_cause(err: BaseException, before: BaseException = None, kind=OSError):
+    """The OSError (or `kind`) behind `err`: torch.save reports a failed write, or a Ctrl-C inside one, as
+    "unexpected pos" chained to it. `before`: the exception being handled when the write began, where the
+    search stops."""
+    seen = set()
+    while err is not None and err is not before and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def storage_error(err: BaseException):
+    """`err` as a WriteError when it is one, or a storage fault (disk full, quota, read-only file system,
+    file too large) raised by a writer outside utils.io; else None."""
+    if isinstance(err, WriteError):
+        return err
+    cause = _os_cause(err)
+    if cause is None or cause.errno not in STORAGE_ERRNOS:
+        return None
+    return WriteError(cause.filename or "(a file)", cause)
+
+
 def _write_atomically(path, write) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then move it into place."""
+    """Call ``write(fileobj)`` on a temp file beside ``path``, then move it into place. A failed write
+    removes the temp file, leaves ``path`` as it was and raises WriteError; a Ctrl-C raises KeyboardInterrupt."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # 0o666 & ~umask, like open()
+    handling = sys.exc_info()[1]        # e.g. the error whose progress is being saved
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # 0o666 & ~umask, like open()
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):     # absent, or its folder could not be made
+            tmp.unlink()
+        if not isinstance(err, Exception):
+            raise
+        if _os_cause(err, handling, KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from err
+        cause = _os_cause(err, handling)
+        if cause is not None:
+            raise WriteError(path, cause) from err
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def check_writable(folder) -> None:
+    """Create `folder` if needed and write and remove a probe file in it; WriteError naming the folder if
+    that fails (run before hours of work, not after)."""
+    try:
+        _write_atomically(Path(folder) / f".write_probe.{os.getpid()}", lambda f: f.write(b"")).unlink()
+    except WriteError as err:
+        raise WriteError(folder, err, note="") from None
+
+
+def remove_stale_temp_files(folder, only=None) -> list:
+    """Remove the temp files of saves whose process is gone (killed mid-write) from `folder`; `only`:
+    a test on the target file name (e.g. this run's export only). Returns the removed paths."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for entry in os.listdir(folder):
+        match = _TEMP_NAME.match(entry)
+        if not match or (only is not None and not only(match["name"])) or _alive(int(match["pid"])):
+            continue
+        os.remove(os.path.join(folder, entry))
+        removed.append(os.path.join(folder, entry))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # another user's live process
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -50,16 +141,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def holds_run(folder, markers) -> bool:
+    """True when `folder` holds an earlier run (one of `markers`, files our runs write); False when it is
+    absent or empty. A non-empty folder holding none of them is not ours to touch: ValueError."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder) or not os.listdir(folder):
+        return False
+    if not any(os.path.exists(os.path.join(folder, m)) for m in markers):
+        raise ValueError(f"'{folder}' exists and was not written by a run of ours (none of {list(markers)} "
+                         "in it); choose another name")
+    return True
+
+
 def move_aside(folder, markers) -> str:
     """Move a folder an earlier run wrote to `<folder>_archived_<time>`, so a new run neither mixes with
     nor overwrites it (BasicSR's rule); returns the new path, "" when there was nothing to move. A
     non-empty folder holding none of `markers` (files our runs write) is not ours to move: ValueError."""
     folder = os.fspath(folder)
-    if not os.path.isdir(folder) or not os.listdir(folder):
+    if not holds_run(folder, markers):
         return ""
-    if not any(os.path.exists(os.path.join(folder, m)) for m in markers):
-        raise ValueError(f"'{folder}' exists and was not written by a run of ours (none of {list(markers)} "
-                         "in it); choose another name")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     archived = f"{folder}_archived_{stamp}"
     n = 1

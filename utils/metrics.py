@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from utils.config import DataError
+
 COLOR_MODES = ("rgb", "luma", "ycbcr_y")
 _LUMA = (0.299, 0.587, 0.114)              # NRL-GDN `is_gray_scale`, ITU-R BT.601 luma
 _YCBCR_Y = (65.481, 128.553, 24.966)       # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1]
@@ -62,10 +64,10 @@ def _pair(x, gt, border: int):
 
 def _crop(t: torch.Tensor, border: int) -> torch.Tensor:
     if not isinstance(border, (int, np.integer)) or border < 0:
-        raise ValueError(f"border must be a non-negative int, got {border!r}")
+        raise DataError(f"border must be a non-negative int, got {border!r}")
     h, w = t.shape[-2:]
     if 2 * border >= min(h, w):
-        raise ValueError(f"border={border} leaves nothing of a {h}×{w} image")
+        raise DataError(f"border={border} leaves nothing of a {h}×{w} image")
     return t[..., border:h - border, border:w - border] if border else t
 
 
@@ -112,7 +114,7 @@ def ssim(x, gt, border: int = 0, data_range: float = 1.0) -> float:
     """MATLAB/KAIR-style SSIM of one image (inputs on [0, data_range], scored on 0–255)."""
     a, b = _pair(x, gt, border)
     if min(a.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11×11 after the border crop, got {tuple(a.shape[-2:])}")
+        raise DataError(f"SSIM needs images of at least 11×11 after the border crop, got {tuple(a.shape[-2:])}")
     scale = 255.0 / data_range
     return _ssim_per_channel(a * scale, b * scale).mean().item()
 

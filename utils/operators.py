@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
+
+from utils.config import DataError
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -215,34 +218,89 @@ def blur_pair(boundary: str):
 # ----------------------------------------------------------------------------------------------
 # Input checks shared by every (y, k) model
 # ----------------------------------------------------------------------------------------------
+SUM_TOLERANCE = 1e-3    # |sum(k) − 1| accepted (float32 kernels of the data pipeline are within 1e-6)
+_warned_negative = False
+
+
+def warn_negative_kernel(k, where: str) -> None:
+    """Kernels with negative entries (a positive sum) are accepted; say so, once per process."""
+    global _warned_negative
+    if _warned_negative or not bool((k < 0).any()):
+        return
+    _warned_negative = True
+    warnings.warn(f"{where}: blur kernel with negative entries (min {float(k.min()):.3g}); it is used as given, "
+                  "though a blur kernel is normally non-negative (this is said once)", stacklevel=3)
+
+
+def pad_kernel(k: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Zero-pad a …×kh×kw kernel to h×w keeping its centre (index kh//2 -> h//2)."""
+    kh, kw = k.shape[-2:]
+    top, left = h // 2 - kh // 2, w // 2 - kw // 2
+    return F.pad(k, (left, w - kw - left, top, h - kh - top))
+
+
+def _stack_kernels(kernels, k_name: str) -> torch.Tensor:
+    """A list of h×w kernels of different sizes as one N×h×w tensor, each zero-padded around its centre."""
+    ks = [torch.as_tensor(k) for k in kernels]
+    if not ks or any(k.dim() != 2 for k in ks):
+        raise DataError(f"{k_name}: a list of kernels must hold h×w kernels, got shapes {[tuple(k.shape) for k in ks]}")
+    h, w = max(k.shape[0] for k in ks), max(k.shape[1] for k in ks)
+    dtype = functools.reduce(torch.promote_types, [k.dtype for k in ks])
+    return torch.stack([pad_kernel(k.to(dtype), h, w) for k in ks])
+
+
 def check_blur_inputs(y: torch.Tensor, k, y_name: str = "y", k_name: str = "k") -> torch.Tensor:
     """Validate an image batch N×C×H×W and its kernels; return the kernels as N×1×h×w on y's device, in y's
-    dtype (float32 for a float16/bfloat16 y).
+    dtype (float32 for a float16/bfloat16 y). `k`: a tensor (h×w, N×h×w, N×1×h×w), an array, or a list of
+    h×w kernels of any sizes (zero-padded around their centres to the largest).
 
-    One-line ValueErrors for: wrong ranks, batch mismatch, kernels larger than the image, kernels with
-    NaN/Inf entries or a non-positive sum."""
-    if not torch.is_tensor(y) or y.dim() != 4:
-        shape = tuple(y.shape) if hasattr(y, "shape") else type(y).__name__
-        raise ValueError(f"{y_name} must be an N×C×H×W tensor, got {shape}")
+    One-line DataErrors (ValueErrors) for: a y that is not a tensor, wrong ranks, batch mismatch, kernels
+    larger than the image, NaN/Inf entries, a sum that is not 1 (within SUM_TOLERANCE). Kernels with
+    negative entries are accepted with a warning (once)."""
+    if not torch.is_tensor(y):
+        raise DataError(f"{y_name}: expected a torch.Tensor, got {type(y).__name__}")
+    if y.dim() != 4:
+        raise DataError(f"{y_name} must be an N×C×H×W tensor, got {tuple(y.shape)}")
     if not y.is_floating_point():
-        raise ValueError(f"{y_name} must be a floating-point tensor, got {y.dtype}")
-    if not torch.is_tensor(k):
-        k = torch.as_tensor(k)
+        raise DataError(f"{y_name} must be a floating-point tensor, got {y.dtype}")
+    k = _stack_kernels(k, k_name) if isinstance(k, (list, tuple)) else torch.as_tensor(k)
     if k.dim() not in (2, 3, 4) or (k.dim() == 4 and k.shape[1] != 1):
-        raise ValueError(f"{k_name} must be h×w, N×h×w or N×1×h×w, got shape {tuple(k.shape)}")
-    k = kernel_batch(k, y.shape[0], y)
+        raise DataError(f"{k_name} must be h×w, N×h×w or N×1×h×w, got shape {tuple(k.shape)}")
+    given = k.dtype
+    try:
+        k = kernel_batch(k, y.shape[0], y)
+    except ValueError as err:
+        raise DataError(f"{k_name}: {err}") from None
     kh, kw = k.shape[-2:]
     h, w = y.shape[-2:]
     if kh > h or kw > w:
-        raise ValueError(f"{k_name} of size {kh}×{kw} is larger than the {h}×{w} image {y_name}")
+        raise DataError(f"{k_name} of size {kh}×{kw} is larger than the {h}×{w} image {y_name}")
     if kh == 0 or kw == 0:
-        raise ValueError(f"{k_name} is empty (shape {tuple(k.shape)})")
+        raise DataError(f"{k_name} is empty (shape {tuple(k.shape)})")
     if not bool(torch.isfinite(k).all()):
-        raise ValueError(f"{k_name} contains NaN or Inf values")
+        raise DataError(f"{k_name} contains NaN or Inf values")
     sums = k.sum(dim=(-2, -1)).flatten()
     if bool((sums <= 0).any()):
-        raise ValueError(f"{k_name} must have a positive sum (sum 1 expected), got sums {sums.tolist()[:4]}")
+        raise DataError(f"{k_name} must have a positive sum (sum 1 expected), got sums {sums.tolist()[:4]}")
+    tolerance = max(SUM_TOLERANCE, 4 * torch.finfo(given).eps) if given.is_floating_point else SUM_TOLERANCE
+    off = (sums - 1).abs()
+    if bool((off > tolerance).any()):
+        i = int(off.argmax())
+        raise DataError(f"{k_name}[{i}] sums to {float(sums[i]):.6g}, not 1: a blur kernel must be normalised; "
+                        f"pass k / k.sum(dim=(-2, -1), keepdim=True)")
+    warn_negative_kernel(k, k_name)
     return k
+
+
+def blur_model_inputs(model: torch.nn.Module, y, k):
+    """(y, k) for a (y, k) model: `check_blur_inputs`, and y cast to the dtype of the model's weights (a
+    float64 y for a float32 model computes in float32); parameter-free models keep y's dtype."""
+    k = check_blur_inputs(y, k)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and y.dtype != dtype:
+        y = y.to(dtype)
+        k = k.to(compute_dtype(dtype))
+    return y, k
 
 
 # ----------------------------------------------------------------------------------------------
