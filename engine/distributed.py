@@ -18,6 +18,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_distributed() -> bool:
+    """Started by torchrun (even with one process: `--nproc_per_node=1` runs DDP) or with WORLD_SIZE > 1."""
+    return env_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -30,6 +35,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def describe() -> str:
+    """How this run is spread: '' for one process, else e.g. ' (DDP, nccl)'."""
+    return f" (DDP, {dist.get_backend()})" if is_distributed() else ""
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -40,7 +50,7 @@ def local_rank() -> int:
 
 def init_from_env(use_cuda: bool) -> bool:
     """Join the process group torchrun described; returns True when running distributed."""
-    if env_world_size() <= 1 or is_distributed():
+    if not launched_distributed() or is_distributed():
         return is_distributed()
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
@@ -140,7 +150,7 @@ def select_device(disable_cuda: bool, device_ids) -> torch.device:
     """CPU when asked or when CUDA is absent; under torchrun the LOCAL_RANK GPU; else device_ids[0]."""
     if disable_cuda or not torch.cuda.is_available():
         return torch.device("cpu")
-    if env_world_size() > 1:
+    if launched_distributed():
         return torch.device("cuda", local_rank())
     count = torch.cuda.device_count()
     usable = [i for i in device_ids if 0 <= i < count] or [0]
@@ -148,7 +158,7 @@ def select_device(disable_cuda: bool, device_ids) -> torch.device:
 
 
 def usable_device_ids(device: torch.device, device_ids) -> list:
-    if device.type != "cuda" or env_world_size() > 1:
+    if device.type != "cuda" or launched_distributed():
         return []
     count = torch.cuda.device_count()
     return [i for i in device_ids if 0 <= i < count]

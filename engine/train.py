@@ -298,7 +298,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
 
     log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"])
     log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
-             f"processes {world}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
+             f"processes {world}{dist.describe()}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
     if archived:
         log.text(f"a previous run was in {run_dir}: moved to {archived} (set train_options.resume=true to continue one)")
