@@ -81,8 +81,8 @@ def test_an_nrlgdn_training_step_syncs_once_and_logging_once_more(tmp_path):
 
 @pytest.mark.parametrize("name, options", [
     ("dsdnet_tiny", ['model.options={"nf_p": 4, "nf_d": 4, "adjoint": "exact"}', "train_dataset.batch_size=1"]),
-    ("virnet_sisr_tiny", ["train_dataset.repeat=4"])])
-def test_dsdnet_and_virnet_sr_steps_do_not_sync(tmp_path, name, options):
+    ("virnet_sisr_tiny", ["train_dataset.repeat=4"]), ("virnet_denoise_tiny", ["train_dataset.repeat=4"])])
+def test_dsdnet_and_virnet_steps_do_not_sync(tmp_path, name, options):
     """DSDNet: 4 float() in its loss and a nonzero() per exact adjoint; VIRNet-SR: Gamma argument checks,
     a digamma .item() and a singular-matrix test per step, float() of 8 loss terms and 3 gradient norms."""
     cfg = load_config(os.path.join(ROOT, "configs", f"{name}.json"), None, [
