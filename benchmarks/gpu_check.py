@@ -1,36 +1,31 @@
-"""First-GPU acceptance run: does everything work on CUDA, and how fast / how big is it?
+"""The one GPU check: does training and inference work on CUDA, and how fast is it?
 
-On the GPU machine (one run, ~5-8 minutes, no downloads, no ../shared; only the repository's own data):
+On a machine with one NVIDIA GPU (no downloads; only the repository's own data; sized for <= 8 minutes):
 
-    python benchmarks/gpu_check.py --out "$OUT/gpu_check"
+    python benchmarks/gpu_check.py                      # writes results/gpu_check/gpu_check.json
+    python benchmarks/gpu_check.py --dry-run            # the same logic, tiny, on the CPU (CI runs this)
 
-On a CPU, for development (~3 minutes):
-
-    python benchmarks/gpu_check.py --device cpu --quick
-
-Steps (each guarded: a failure is recorded and the next step still runs; once --budget-seconds have
-passed the remaining steps are reported as SKIPPED):
-  info        torch/CUDA/cuDNN versions, GPU name, memory, bf16 support, TF32 flags
-  pytest      tests/test_device.py (every test there is parametrised over cpu and, when present, cuda)
-  equivalence shipped compact NRL-GDN (256×256 image, 25×25 kernel): CPU vs device within 1e-4 (TF32 off),
-              also TF32 on and bf16/fp16 autocast PSNRs; DSD_light and VIRNet_denoise_syn (random weights,
-              64×64) CPU vs device within 1e-4
-  evaluate    `python deblurring.py` default evaluation on the device, results under <out>/eval
-  train_<amp> the engine trains the compact NRL-GDN 20 steps (amp none/bf16/fp16): finite losses,
-              interrupted at step 10 and resumed, exported weights load on the CPU
-  train_other DSDNet+ and VIRNet tiny configs through the engine with bf16 and fp16
-  ddp         a one-process torchrun DDP training (NCCL on CUDA)
-  forward     full-size NRL_GDN forward (256×256, 6 steps, early_stop=False): fp32 (TF32 on/off),
-              bf16 and fp16 autocast, channels_last on/off
-  memory      training-step peak memory with grad_checkpointing on/off (small and paper-size batches)
-Writes <out>/gpu_check.json (updated after every step) and prints a PASS/FAIL/SKIPPED table; the exit
-status is 1 when a step FAILED.
+Sections (each guarded: a failure is recorded and the next section still runs; sections that would start
+after --budget-seconds are reported as SKIPPED):
+  precision  the shipped compact NRL-GDN on a 256×256 image: device fp32 output vs the CPU's (max abs
+             difference, TF32 off), bf16 (and fp16) autocast output vs fp32 (PSNR difference)
+  curves     the engine trains a small NRL-GDN a few hundred steps in fp32, bf16 and fp16 (GradScaler)
+             and compares the loss curves; fp32 is also interrupted halfway and resumed; the exported
+             weights hold CPU tensors
+  parallel   torchrun --nproc_per_node=1 DDP training (NCCL), a DataParallel(device_ids=[0]) bf16
+             training step, and the autocast dtype a DataParallel replica thread sees
+  speed      NRL_GDN at 256×256 (6 fixed steps): forward images/s and training steps/s in fp32, bf16 and
+             fp32 without channels_last, against the plain port of the published code
+             (benchmarks/bench_nrlgdn.py); peak training memory with and without grad_checkpointing
+  device_tests  pytest tests/test_device.py (parametrised over cpu and cuda)
+It prints one table (section, metric, value, criterion, PASS/FAIL/info) and writes it, with details, to
+<out>/gpu_check.json; the exit status is 1 when a check FAILED.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
-import glob
 import json
 import math
 import os
@@ -40,10 +35,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
 import torch
+import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -51,30 +48,22 @@ if ROOT not in sys.path:
 
 COMPACT = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
 TRAIN_CONFIG = os.path.join(ROOT, "configs", "traincolor.json")
-TEST_CONFIG = os.path.join(ROOT, "configs", "test_simulated.json")
 FULL_NRLGDN = dict(r_channels=(64, 128, 256, 512), r_blocks=4, hd_channels=64)
+TINY_NRLGDN = dict(r_channels=(4, 8, 8, 8), r_blocks=1, hd_channels=4)
 TINY_OPTIONS = 'model.options={"r_channels": [4, 8, 8, 8], "r_blocks": 1, "hd_channels": 4, "num_steps": 2}'
 
 
-class Failed(Exception):
-    """A check that ran but did not meet its criterion (the details still go to the report)."""
-
-    def __init__(self, message: str, details: dict):
-        super().__init__(message)
-        self.details = details
-
-
 class Run:
-    """The steps' shared state: arguments, device, deadline, and the report written after each step."""
+    """Shared state of the sections: arguments, sizes, device, deadline, and the table being built."""
 
     def __init__(self, args):
-        self.args, self.quick = args, args.quick
-        self.device = torch.device(args.device)
+        self.args, self.dry = args, args.dry_run
+        self.device = torch.device("cpu" if self.dry else args.device)
         self.cuda = self.device.type == "cuda"
         self.out = os.path.abspath(args.out)
         self.started = time.time()
         self.deadline = self.started + args.budget_seconds
-        self.steps = []
+        self.sections, self.rows = [], []
         os.makedirs(self.out, exist_ok=True)
 
     def left(self) -> float:
@@ -84,56 +73,66 @@ class Run:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def step(self, name: str, fn):
+    def row(self, section: str, metric: str, value, criterion: str = "", ok=None):
+        """One line of the table; `ok` None is information, True/False a check."""
+        if isinstance(value, float):
+            value = float(f"{value:.4g}")
+        status = "info" if ok is None else ("PASS" if ok else "FAIL")
+        self.rows.append({"section": section, "metric": metric, "value": value, "criterion": criterion,
+                          "status": status})
+
+    def section(self, name: str, fn):
         record = {"name": name, "status": "SKIPPED", "seconds": 0.0, "details": {}, "error": ""}
         if self.left() <= 0:
             record["error"] = f"budget of {self.args.budget_seconds:.0f} s spent"
         else:
-            t0 = time.time()
+            t0, before = time.time(), len(self.rows)
             try:
                 record["details"] = fn(self) or {}
-                record["status"] = "PASS"
-            except Failed as err:
-                record.update(status="FAIL", error=str(err), details=err.details)
-            except Exception as err:  # noqa: BLE001 (one failing step must not hide the others)
+                failed = [r["metric"] for r in self.rows[before:] if r["status"] == "FAIL"]
+                record["status"] = "FAIL" if failed else "PASS"
+                record["error"] = f"failed: {', '.join(failed)}" if failed else ""
+            except Exception as err:  # noqa: BLE001 (one failing section must not hide the others)
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 record.update(status="FAIL", error=f"{type(err).__name__}: {first}",
                               traceback=traceback.format_exc()[-3000:])
+                self.row(name, "error", record["error"][:80], "runs", False)
             finally:
                 record["seconds"] = round(time.time() - t0, 1)
                 gc.collect()
                 if self.cuda:
                     torch.cuda.empty_cache()
-        self.steps.append(record)
+        if record["status"] == "SKIPPED":
+            self.row(name, "skipped", record["error"])
+        self.sections.append(record)
         print(f"[{record['status']}] {name} ({record['seconds']} s){': ' + record['error'] if record['error'] else ''}",
               flush=True)
         self.save()
 
     def save(self):
         payload = {"args": vars(self.args), "device": str(self.device), "total_seconds": round(time.time() - self.started, 1),
-                   "steps": self.steps}
+                   "table": self.rows, "sections": self.sections}
         with open(os.path.join(self.out, "gpu_check.json"), "w") as f:
             json.dump(payload, f, indent=1, default=str)
 
-    def subprocess(self, cmd, log_name: str, env=None, limit: float | None = None):
+    def subprocess(self, cmd, log_name: str, limit: float):
         """Run `cmd` in the repository root with a timeout from the budget; returns (rc, output tail)."""
-        timeout = max(30.0, min(self.left(), limit or 1e9))
-        full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-        log = os.path.join(self.out, log_name)
+        timeout = max(30.0, min(self.left(), limit))
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
             text, rc = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as err:
             text = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
             text, rc = text + f"\n(timed out after {timeout:.0f} s)", 124
-        with open(log, "w") as f:
+        with open(os.path.join(self.out, log_name), "w") as f:
             f.write(text)
         return rc, text[-1500:]
 
 
-# ------------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------------- helpers
 def blurred_image(size: int, sigma: float = 2.55 / 255, seed: int = 0):
-    """(x, y, k): an embedded skimage test image crop, circularly blurred with default kernel 0, AWGN."""
+    """(x, y, k): an embedded test image crop, circularly blurred with default kernel 0, plus AWGN."""
     from data.default_data import default_kernels, default_test_images
     from utils.operators import conv_circular
 
@@ -155,235 +154,12 @@ def tf32(on: bool):
 
 
 def autocast(run, dtype):
-    return torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-# ------------------------------------------------------------------------------------------ steps
-def step_info(run):
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "cpus": os.cpu_count(), "cuda_available": torch.cuda.is_available(),
-            "tf32_conv_default": torch.backends.cudnn.allow_tf32,
-            "tf32_matmul_default": torch.backends.cuda.matmul.allow_tf32}
-    try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 (a copy without .git)
-        info["git"] = ""
-    if run.cuda:
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
-        props = torch.cuda.get_device_properties(run.device)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
-                    multiprocessors=props.multi_processor_count, bf16=torch.cuda.is_bf16_supported(),
-                    device_count=torch.cuda.device_count())
-        torch.ones(1, device=run.device).sum().item()   # a first kernel: the context works
-    print("  " + json.dumps(info), flush=True)
-    return info
-
-
-def step_pytest(run):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_device.py"]
-    rc, tail = run.subprocess(cmd, "pytest_device.log", limit=240)
-    summary = next((line for line in reversed(tail.splitlines()) if " passed" in line or " failed" in line
-                    or " error" in line), tail.splitlines()[-1] if tail else "")
-    details = {"rc": rc, "summary": summary.strip(), "log": "pytest_device.log"}
-    if rc != 0:
-        raise Failed(f"pytest exit {rc}: {summary.strip()}", dict(details, tail=tail))
-    return details
-
-
-def _restore(model, y, k=None):
-    with torch.no_grad():
-        out = model(y) if k is None else model(y, k)
-    return (out["x"] if isinstance(out, dict) else out).float()
-
-
-def step_equivalence(run):
-    from models import build_model, load_pretrained
-
-    size = 128 if run.quick else 256
-    options = torch.load(COMPACT, map_location="cpu", weights_only=True)["model_options"]
-    model = load_pretrained(build_model("NRL_GDN", **options), COMPACT).eval()
-    x, y, k = blurred_image(size)
-    ref = _restore(model, y, k)
-    model.to(run.device)
-    yd, kd = y.to(run.device), k.to(run.device)
-    tf32_default = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    details = {"size": size, "psnr_input": round(psnr(y, x), 3), "psnr_cpu": round(psnr(ref, x), 4)}
-    try:
-        tf32(False)
-        out = _restore(model, yd, kd).cpu()
-        details["max_abs_diff_fp32"] = float((out - ref).abs().max())
-        details["psnr_device_fp32"] = round(psnr(out, x), 4)
-        tf32(True)
-        details["max_abs_diff_tf32"] = float((_restore(model, yd, kd).cpu() - ref).abs().max())
-        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))[:2 if run.cuda else 1]:
-            with autocast(run, dtype):
-                details[f"psnr_autocast_{name}"] = round(psnr(_restore(model, yd, kd).cpu(), x), 4)
-        tf32(False)
-        g = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 4)
-        gauss = (torch.outer(g, g) / torch.outer(g, g).sum())[None, None]      # 7×7, σ = √2
-        for name, opts, kk in (
-                ("DSD_light", {"n_iter": 2, "nf_p": 4, "nf_d": 4} if run.quick else {}, gauss),
-                ("VIRNet_denoise_syn", {"n_feat": (8, 8, 8), "dep_S": 3} if run.quick else {}, None)):
-            torch.manual_seed(0)
-            net = build_model(name, **opts).eval()
-            small = y[..., :64, :64].contiguous()
-            ref_small = _restore(net, small, kk)
-            got = _restore(net.to(run.device), small.to(run.device), None if kk is None else kk.to(run.device)).cpu()
-            details[f"max_abs_diff_{name}"] = float((got - ref_small).abs().max())
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32_default
-    bad = {key: v for key, v in details.items() if key.startswith("max_abs_diff") and key != "max_abs_diff_tf32"
-           and not v < 1e-4}
-    if bad:
-        raise Failed(f"device output differs from the CPU by more than 1e-4: {bad}", details)
-    return details
-
-
-def step_evaluate(run):
-    out_dir = os.path.join(run.out, "eval")
-    cmd = [sys.executable, "deblurring.py", "--set", f"test_dataset.result_save_file={json.dumps(out_dir)}",
-           "--set", "test_dataset.run_name=default"]
-    if run.cuda:
-        cmd += ["--set", f"train_options.device_ids=[{run.device.index or 0}]"]
-    else:
-        cmd += ["--set", "train_options.disable_cuda=true"]
-    if run.quick:
-        cmd += ["--set", "test_dataset.max_images=1", "--set", "test_dataset.kernel_indices=[0]"]
-    t0 = time.time()
-    rc, tail = run.subprocess(cmd, "evaluate.log")
-    details = {"rc": rc, "seconds": round(time.time() - t0, 1), "log": "evaluate.log"}
-    path = os.path.join(out_dir, "default", "results.json")
-    if rc != 0 or not os.path.isfile(path):
-        raise Failed(f"deblurring.py exit {rc}" + ("" if os.path.isfile(path) else ", no results.json"),
-                     dict(details, tail=tail))
-    results = json.load(open(path))
-    details["notes"] = results.get("notes", [])
-    details["psnr_all"] = {protocol: {m: round(cells["all"]["psnr"], 3) for m, cells in table.items() if "all" in cells}
-                           for protocol, table in results["summary"].items()}
-    on = str(run.device.type)
-    if not any(f"on {on}" in note for note in details["notes"]):
-        raise Failed(f"the evaluation did not report running on {on}", details)
-    return details
-
-
-def _train_cfg(run, folder, amp, total_iters, extra=(), train_config=TRAIN_CONFIG):
-    from utils.config import load_config
-
-    overrides = ["train_dataset.is_train=true", f"train_options.total_iters={total_iters}",
-                 f"train_options.amp={amp}", f"train_options.checkpoint_dir={json.dumps(folder)}",
-                 f"model.model_save_file={json.dumps(os.path.join(folder, 'weights'))}", "train_options.tensorboard=false",
-                 "train_options.log_every=1", f"train_options.disable_cuda={'false' if run.cuda else 'true'}",
-                 f"train_options.device_ids=[{run.device.index or 0}]", "model.init_from=\"\"",
-                 "model.pretrained=\"\""]
-    if run.quick:
-        overrides += ["train_dataset.patch_size=48", "train_dataset.batch_size=2", "train_dataset.num_workers=0",
-                      "val_dataset.max_images=1", "val_dataset.patch_size=64"]
-    return load_config(train_config, None, overrides + list(extra))
-
-
-def _interrupt_at(step_to_stop: int):
-    def callback(step, loss):
-        if step == step_to_stop:
-            os.kill(os.getpid(), signal.SIGINT)   # the engine saves last.pth at the step boundary
-    return callback
-
-
-def step_train(amp):
-    def fn(run):
-        from engine.train import train
-        from models import build_model, load_pretrained
-
-        total = 4 if run.quick else 20
-        folder = os.path.join(run.out, "train", amp)
-        shutil.rmtree(folder, ignore_errors=True)
-        t0 = time.time()
-        full = train(_train_cfg(run, os.path.join(folder, "full"), amp, total))
-        seconds_full = time.time() - t0
-        if full.status != "completed":    # the engine caught SIGINT/SIGTERM meant for this script: stop here
-            run.deadline = 0
-            raise Failed("training stopped by a signal; remaining steps skipped", {"status": full.status})
-        first = train(_train_cfg(run, os.path.join(folder, "resumed"), amp, total), step_callback=_interrupt_at(total // 2))
-        second = train(_train_cfg(run, os.path.join(folder, "resumed"), amp, total, ["train_options.resume=true"]))
-        losses_full = [h["loss"] for h in full.history]
-        losses_resumed = [h["loss"] for h in first.history + second.history]
-        diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses_full, losses_resumed)]
-        # the exported weights (saved from device tensors) load on the CPU
-        state = torch.load(full.exported, map_location="cpu", weights_only=True)
-        load_pretrained(build_model(state["model_select"], **state["model_options"]), full.exported)
-        details = {"steps": len(losses_full), "seconds": round(seconds_full, 1), "loss_first": losses_full[0],
-                   "loss_last": losses_full[-1], "interrupted_status": first.status,
-                   "resumed_steps": [h["step"] for h in second.history][:1] + [h["step"] for h in second.history][-1:],
-                   "resume_max_rel_loss_diff": max(diffs) if diffs else None,
-                   "psnr_val": [h.get("psnr_val") for h in _history(full.run_dir) if "psnr_val" in h][-1:]}
-        problems = []
-        if len(losses_full) != total or not all(math.isfinite(v) for v in losses_full + losses_resumed):
-            problems.append(f"losses {losses_full}")
-        if first.status != "interrupted" or [h["step"] for h in second.history] != list(range(total // 2 + 1, total + 1)):
-            problems.append("the interrupted run did not resume at the next step")
-        if not run.cuda and diffs and max(diffs) > 1e-6:
-            problems.append(f"resumed losses differ from the uninterrupted run (rel {max(diffs):.2e})")
-        for path in glob.glob(os.path.join(folder, "**", "*.pth"), recursive=True):
-            os.remove(path)      # keep <out> small; the logs stay
-        if problems:
-            raise Failed("; ".join(problems), details)
-        return details
-    return fn
-
-
-def _history(run_dir):
-    path = os.path.join(run_dir, "history.jsonl")
-    return [json.loads(line) for line in open(path)] if os.path.isfile(path) else []
-
-
-def step_train_other(run):
-    from engine.train import train
-
-    details = {}
-    amps = ["none"] if not run.cuda else ["bf16", "fp16"]
-    for config in ("dsdnet_tiny.json", "virnet_denoise_tiny.json"):
-        for amp in amps:
-            folder = os.path.join(run.out, "train_other", config.split(".")[0], amp)
-            shutil.rmtree(folder, ignore_errors=True)
-            cfg = _train_cfg(run, folder, amp, 4, ["train_dataset.num_workers=0"],
-                             train_config=os.path.join(ROOT, "configs", config))
-            result = train(cfg)
-            losses = [h["loss"] for h in result.history]
-            details[f"{config.split('.')[0]}_{amp}"] = losses
-            if not losses or not all(math.isfinite(v) for v in losses):
-                raise Failed(f"{config} amp={amp}: losses {losses}", details)
-            for path in glob.glob(os.path.join(folder, "**", "*.pth"), recursive=True):
-                os.remove(path)
-    return details
-
-
-def step_ddp(run):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder = os.path.join(run.out, "ddp")
-    shutil.rmtree(folder, ignore_errors=True)
-    sets = ["train_dataset.is_train=true", "train_options.total_iters=4", "train_options.tensorboard=false",
-            "train_options.log_every=1",
-            f"train_options.checkpoint_dir={json.dumps(folder)}", "train_options.epoch_val=0",
-            f"model.model_save_file={json.dumps(os.path.join(folder, 'weights'))}", "train_dataset.num_workers=0",
-            f"train_options.amp={'bf16' if run.cuda else 'none'}",
-            f"train_options.disable_cuda={'false' if run.cuda else 'true'}"]
-    if run.quick:
-        sets += ["train_dataset.patch_size=48", "train_dataset.batch_size=2", TINY_OPTIONS]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "deblurring.py"] + [a for s in sets for a in ("--set", s)]
-    rc, tail = run.subprocess(cmd, "ddp.log", limit=180)
-    history = _history(os.path.join(folder, "compact_nrlgdn"))
-    losses = [h["loss"] for h in history if "loss" in h]
-    details = {"rc": rc, "losses": losses, "log": "ddp.log"}
-    if rc != 0 or len(losses) != 4 or not all(math.isfinite(v) for v in losses):
-        raise Failed(f"torchrun exit {rc}, losses {losses}", dict(details, tail=tail))
-    for path in glob.glob(os.path.join(folder, "**", "*.pth"), recursive=True):
-        os.remove(path)
-    return details
+def low_precision(run):
+    """(name, dtype) of the autocast modes to check: bf16 everywhere, fp16 on CUDA."""
+    return [("bf16", torch.bfloat16)] + ([("fp16", torch.float16)] if run.cuda else [])
 
 
 def _timed(run, fn, warmup: int, reps: int) -> float:
@@ -397,140 +173,334 @@ def _timed(run, fn, warmup: int, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def step_forward(run):
-    from models import build_model
+def _restore(model, y, k):
+    with torch.inference_mode():
+        return model(y, k).float()
 
-    size, options = (64, dict(r_channels=(16, 32, 64, 128), r_blocks=3, hd_channels=16)) if run.quick else (256, FULL_NRLGDN)
-    warmup, reps = (1, 2) if run.quick else (3, 10)
+
+# ----------------------------------------------------------------------------------------- precision
+def section_precision(run):
+    """(d): fp32 on the device vs the CPU (TF32 off), bf16/fp16 autocast vs fp32."""
+    from models import build_model, load_pretrained
+
+    size = 48 if run.dry else 256
+    options = torch.load(COMPACT, map_location="cpu", weights_only=True)["model_options"]
+    model = load_pretrained(build_model("NRL_GDN", **options), COMPACT).eval()
     x, y, k = blurred_image(size)
-    y, k = y.to(run.device), k.to(run.device)
-    details = {"size": size, "steps": 6, "options": {key: list(v) if isinstance(v, tuple) else v for key, v in options.items()}}
-    tf32_default = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    modes = [("fp32", None, True), ("bf16", torch.bfloat16, True)]
-    if run.cuda:
-        modes = [("fp32_tf32", None, True), ("fp32_strict", None, False), ("bf16", torch.bfloat16, True),
-                 ("fp16", torch.float16, True)]
+    ref = _restore(model, y, k)
+    model.to(run.device)
+    yd, kd = y.to(run.device), k.to(run.device)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
-        for layout in (True, False):
-            torch.manual_seed(0)
-            model = build_model("NRL_GDN", num_steps=6, early_stop=False, channels_last=layout, **options)
-            model = model.to(run.device).eval()
-            for name, dtype, allow_tf32 in modes:
-                if run.left() <= 0:
-                    details["budget"] = "spent: remaining modes skipped"
-                    return details
-                tf32(allow_tf32)
-
-                def forward():
-                    with torch.no_grad(), autocast(run, dtype):
-                        model(y, k)
-                ms = _timed(run, forward, warmup, reps) * 1000
-                details[f"{name}_{'channels_last' if layout else 'nchw'}_ms"] = round(ms, 2)
-                print(f"  forward {name:12s} {'channels_last' if layout else 'nchw':13s} {ms:9.2f} ms", flush=True)
+        tf32(False)
+        fp32 = _restore(model, yd, kd).cpu()
+        diff = float((fp32 - ref).abs().max())
+        run.row("precision", f"fp32 {run.device.type} vs cpu, max abs diff ({size}², TF32 off)", diff, "< 1e-4", diff < 1e-4)
+        details = {"size": size, "psnr_fp32": psnr(fp32, x), "max_abs_diff_fp32": diff}
+        for name, dtype in low_precision(run):
+            with autocast(run, dtype):
+                low = _restore(model, yd, kd).cpu()
+            delta = psnr(low, x) - details["psnr_fp32"]
+            details[f"psnr_{name}"] = psnr(low, x)
+            run.row("precision", f"{name} − fp32 PSNR (dB, vs ground truth)", delta, "> −0.5 dB", delta > -0.5)
+            run.row("precision", f"{name} vs fp32 output PSNR (dB)", psnr(low, fp32))
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32_default
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     return details
 
 
-def _train_step_memory(run, options, batch, size, steps, checkpointing, dtype):
-    """(seconds, peak GiB above the weights) of one Adam step of NRL_GDN, or an 'OOM' note."""
+# -------------------------------------------------------------------------------------------- curves
+def _train_cfg(run, folder, amp, total_iters, extra=()):
+    from utils.config import load_config
+
+    overrides = ["train_dataset.is_train=true", f"train_options.total_iters={total_iters}",
+                 f"train_options.amp={amp}", f"train_options.checkpoint_dir={json.dumps(folder)}",
+                 f"model.model_save_file={json.dumps(os.path.join(folder, 'weights'))}", "train_options.tensorboard=false",
+                 "train_options.log_every=10", f"train_options.disable_cuda={'false' if run.cuda else 'true'}",
+                 f"train_options.device_ids=[{run.device.index or 0}]", "model.pretrained=\"\"",
+                 "train_options.epoch_val=0", f"train_options.save_every_steps={total_iters}"]
+    if run.dry:
+        overrides += ["train_dataset.patch_size=32", "train_dataset.batch_size=2", "train_dataset.num_workers=0",
+                      TINY_OPTIONS]
+    return load_config(TRAIN_CONFIG, None, overrides + list(extra))
+
+
+def _interrupt_at(step_to_stop: int):
+    def callback(step, loss):
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGINT)   # the engine saves last.pth at the step boundary
+    return callback
+
+
+def _smoothed_end(losses, fraction=0.2) -> float:
+    tail = losses[-max(1, int(len(losses) * fraction)):]
+    return sum(tail) / len(tail)
+
+
+def section_curves(run):
+    """(a): loss curves of fp32, bf16 and fp16 (GradScaler) engine training, plus an exact fp32 resume."""
+    from engine.train import train
+
+    steps = 6 if run.dry else 300
+    folder = os.path.join(run.out, "curves")
+    shutil.rmtree(folder, ignore_errors=True)
+    curves = {}
+    for amp in ("none", "bf16", "fp16"):
+        result = train(_train_cfg(run, os.path.join(folder, amp), amp, steps))
+        if result.status != "completed":     # the engine caught a signal meant for this script: stop here
+            run.deadline = 0
+            raise RuntimeError("training stopped by a signal; remaining sections skipped")
+        curves[amp] = [h["loss"] for h in result.history]
+        finite = len(curves[amp]) == steps and all(math.isfinite(v) for v in curves[amp])
+        run.row("curves", f"{amp}: {steps} steps, all losses finite", finite, "true", finite)
+        if amp == "none":
+            exported = torch.load(result.exported, weights_only=True)     # no map_location: as saved
+            on_cpu = all(t.device.type == "cpu" for t in exported["model"].values())
+            run.row("curves", "exported weights are CPU tensors", on_cpu, "true", on_cpu)
+    base = _smoothed_end(curves["none"])
+    for amp in ("bf16", "fp16"):
+        rel = abs(_smoothed_end(curves[amp]) - base) / base
+        run.row("curves", f"{amp} vs fp32: mean loss of the last 20 % of steps, rel. diff", rel, "< 0.1", rel < 0.1)
+    half = steps // 2
+    first = train(_train_cfg(run, os.path.join(folder, "resumed"), "none", steps), step_callback=_interrupt_at(half))
+    second = train(_train_cfg(run, os.path.join(folder, "resumed"), "none", steps, ["train_options.resume=true"]))
+    resumed = [h["loss"] for h in first.history + second.history]
+    diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(curves["none"], resumed))
+    exact = first.status == "interrupted" and len(resumed) == steps
+    limit = 0.0 if not run.cuda else 0.05      # cuDNN picks algorithms per run and some are not deterministic
+    run.row("curves", f"fp32 interrupted at {half} and resumed: max rel. loss diff", diff, f"<= {limit:g}",
+            exact and diff <= limit)
+    for path in [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".pth")]:
+        os.remove(path)       # keep <out> small
+    return {"curves": curves, "resumed": resumed}
+
+
+# ------------------------------------------------------------------------------------------ parallel
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp(run) -> None:
+    folder = os.path.join(run.out, "ddp")
+    shutil.rmtree(folder, ignore_errors=True)
+    sets = ["train_dataset.is_train=true", "train_options.total_iters=4", "train_options.tensorboard=false",
+            "train_options.log_every=1", f"train_options.checkpoint_dir={json.dumps(folder)}",
+            "train_options.epoch_val=0", f"model.model_save_file={json.dumps(os.path.join(folder, 'weights'))}",
+            "train_dataset.num_workers=0", f"train_options.amp={'bf16' if run.cuda else 'none'}",
+            f"train_options.disable_cuda={'false' if run.cuda else 'true'}", "model.pretrained=\"\""]
+    if run.dry:
+        sets += ["train_dataset.patch_size=32", "train_dataset.batch_size=2", TINY_OPTIONS]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "deblurring.py"] + [a for s in sets for a in ("--set", s)]
+    rc, tail = run.subprocess(cmd, "ddp.log", limit=180)
+    path = os.path.join(folder, "compact_nrlgdn", "history.jsonl")
+    losses = [json.loads(line)["loss"] for line in open(path)] if os.path.isfile(path) else []
+    backend = "nccl" if run.cuda else "gloo"
+    ddp = f"processes 1 (DDP, {backend})" in tail or f"processes 1 (DDP, {backend})" in _text(run, "ddp.log")
+    ok = rc == 0 and ddp and len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    run.row("parallel", f"torchrun --nproc_per_node=1: DDP on {backend}, exit code, 4 finite losses",
+            f"{'DDP' if ddp else 'no DDP'}, rc {rc}, {len(losses)} losses", "DDP, rc 0, 4", ok)
+    if not ok:
+        print(tail, flush=True)
+    shutil.rmtree(os.path.join(folder, "weights"), ignore_errors=True)
+
+
+def _text(run, name: str) -> str:
+    with open(os.path.join(run.out, name)) as f:
+        return f.read()
+
+
+def _replica_dtype(run, wrap: bool):
+    """The autocast dtype a DataParallel replica thread sees under bf16 autocast (parallel_apply's threads
+    on CUDA; on the CPU a thread that re-enters autocast as parallel_apply does)."""
+    from engine.distributed import keep_autocast_dtype
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, t):
+            seen.append(torch.get_autocast_dtype(run.device.type))
+            return t
+
+    x = torch.ones(2, device=run.device)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16):
+        replicas = keep_autocast_dtype([Probe()], run.device.type) if wrap else [Probe()]
+        if run.cuda:
+            torch.nn.parallel.parallel_apply(replicas, [(x,)], devices=[run.device.index or 0])
+        else:
+            enabled = torch.is_autocast_enabled("cpu")
+
+            def work():
+                with torch.amp.autocast("cpu", enabled=enabled):
+                    replicas[0](x)
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+    return str(seen[0]).replace("torch.", "")
+
+
+def _dataparallel_steps(run) -> list:
+    from engine.distributed import AutocastDataParallel
     from models import build_model
 
     torch.manual_seed(0)
-    model = build_model("NRL_GDN", num_steps=steps, early_stop=False, grad_checkpointing=checkpointing, **options)
-    model = model.to(run.device).train()
+    model = build_model("NRL_GDN", num_steps=2, **(TINY_NRLGDN if run.dry else {})).to(run.device).train()
+    wrapped = AutocastDataParallel(model, device_ids=[run.device.index or 0]) if run.cuda else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.rand(batch, 3, size, size, device=run.device)
-    k = torch.rand(batch, 1, 25, 25, device=run.device)
-    k = k / k.sum(dim=(-2, -1), keepdim=True)
-    y = x + 0.01 * torch.randn_like(x)
-
-    def one_step():
+    x, y, k = blurred_image(32 if run.dry else 128)
+    x, y, k = x.to(run.device), y.to(run.device), k.to(run.device)
+    losses = []
+    for _ in range(3):
         opt.zero_grad(set_to_none=True)
-        with autocast(run, dtype):
-            out = model(y, k)
-        torch.nn.functional.l1_loss(out.float(), x).backward()
+        with autocast(run, torch.bfloat16):
+            loss = F.l1_loss(wrapped(y, k).float(), x)
+        loss.backward()
         opt.step()
+        losses.append(loss.item())
+    return losses
 
-    one_step()                  # Adam state exists from here on: the baseline holds weights + moments
-    run.sync()
-    base = torch.cuda.memory_allocated(run.device) if run.cuda else 0
+
+def section_parallel(run):
+    """(b): one-process DDP through torchrun, DataParallel(device_ids=[0]) under bf16, replica dtype."""
+    _ddp(run)
+    losses = _dataparallel_steps(run)
+    ok = all(math.isfinite(v) for v in losses)
+    run.row("parallel", "DataParallel(device_ids=[0]) bf16: 3 training steps, finite losses", ok, "true", ok)
+    plain, kept = _replica_dtype(run, wrap=False), _replica_dtype(run, wrap=True)
+    run.row("parallel", "replica thread dtype under bf16 autocast, plain replica", plain)
+    run.row("parallel", "replica thread dtype under bf16 autocast, engine's replica", kept, "bfloat16",
+            kept == "bfloat16")
+    return {"dataparallel_losses": losses}
+
+
+# --------------------------------------------------------------------------------------------- speed
+def section_speed(run):
+    """(c): forward images/s and training steps/s vs the plain port; memory with/without checkpointing."""
+    from benchmarks.bench_nrlgdn import ReferenceNRLGDN
+    from models import build_model
+
+    size, options = (32, TINY_NRLGDN) if run.dry else (256, FULL_NRLGDN)
+    warmup, reps, batch = (1, 1, 1) if run.dry else (2, 6, 2)
+    x, y, k = blurred_image(size)
+    x, y, k = (t.to(run.device).expand(batch, -1, -1, -1).contiguous() for t in (x, y, k))
+    variants = {}
+    for name, layout in (("fp32", True), ("bf16", True), ("fp32 NCHW", False), ("published port fp32", False)):
+        torch.manual_seed(0)
+        net = build_model("NRL_GDN", num_steps=6, early_stop=False, channels_last=layout, **options).to(run.device)
+        if name.startswith("published"):
+            net = ReferenceNRLGDN(copy.deepcopy(net))
+        variants[name] = (net, torch.bfloat16 if name == "bf16" else None)
+    details = {"size": size, "batch": batch, "tf32_conv": torch.backends.cudnn.allow_tf32}
+    for name, (net, dtype) in variants.items():
+        if run.left() <= 0:
+            break
+        opt = torch.optim.Adam(net.parameters(), lr=1e-5)
+
+        def forward():
+            with torch.inference_mode(), autocast(run, dtype):
+                net.eval()(y, k)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            with autocast(run, dtype):
+                loss = F.l1_loss(net.train()(y, k).float(), x)
+            loss.backward()
+            opt.step()
+        details[name] = {"forward_images_per_s": batch / _timed(run, forward, warmup, reps),
+                         "train_steps_per_s": 1 / _timed(run, train_step, warmup, reps)}
+        run.row("speed", f"{name}: forward images/s ({size}², 6 steps)", details[name]["forward_images_per_s"])
+        run.row("speed", f"{name}: training steps/s (batch {batch})", details[name]["train_steps_per_s"])
+    port = details.get("published port fp32")
+    if port and "fp32" in details:
+        run.row("speed", "fp32 forward speed-up over the published port",
+                details["fp32"]["forward_images_per_s"] / port["forward_images_per_s"])
     if run.cuda:
-        torch.cuda.reset_peak_memory_stats(run.device)
-    seconds = _timed(run, one_step, 0, 1)
-    peak = (torch.cuda.max_memory_allocated(run.device) - base) / 2**30 if run.cuda else None
-    return seconds, peak
-
-
-def step_memory(run):
-    small = dict(r_channels=(16, 32, 64, 128), r_blocks=3, hd_channels=16)
-    cases = [("compact_b2_48px_6steps", small, 2, 48, 6)] if run.quick else [("compact_b4_96px_6steps", small, 4, 96, 6)]
-    if not run.quick:
-        cases += [("full_b2_128px_6steps", FULL_NRLGDN, 2, 128, 6), ("paper_b8_256px_40steps", FULL_NRLGDN, 8, 256, 40)]
-    details = {}
-    for name, options, batch, size, steps in cases:
-        for checkpointing in (False, True):
-            for amp, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-                if run.quick and amp == "bf16":
-                    continue
-                label = f"{name}_{'ckpt' if checkpointing else 'nockpt'}_{amp}"
-                if run.left() <= 0:
-                    details[label] = "SKIPPED (budget)"
-                    continue
-                try:
-                    seconds, peak = _train_step_memory(run, options, batch, size, steps, checkpointing, dtype)
-                    details[label] = {"step_s": round(seconds, 3), "peak_gib": None if peak is None else round(peak, 2)}
-                except RuntimeError as err:    # torch.OutOfMemoryError, or a cuDNN allocation failure
-                    if "out of memory" not in str(err).lower() and "alloc" not in str(err).lower():
-                        raise
-                    details[label] = "OOM"
-                finally:
-                    gc.collect()
-                    if run.cuda:
-                        torch.cuda.empty_cache()
-                print(f"  {label:45s} {details[label]}", flush=True)
-    if not run.cuda:
-        details["note"] = "peak memory is measured on CUDA only"
+        details["memory"] = _memory(run, options)
     return details
+
+
+def _memory(run, options) -> dict:
+    """Peak CUDA memory of one training step of the paper's setting (256², 4 images, 40 steps) with and
+    without grad_checkpointing."""
+    from models import build_model
+
+    out = {}
+    for checkpointing in (True, False):
+        if run.left() <= 0:
+            break
+        label = f"{'with' if checkpointing else 'without'} grad_checkpointing"
+        try:
+            torch.manual_seed(0)
+            net = build_model("NRL_GDN", num_steps=40, early_stop=False, grad_checkpointing=checkpointing,
+                              **options).to(run.device).train()
+            x, y, k = (t.to(run.device).expand(4, -1, -1, -1).contiguous() for t in blurred_image(256))
+            torch.cuda.reset_peak_memory_stats(run.device)
+            F.l1_loss(net(y, k), x).backward()
+            run.sync()
+            out[label] = torch.cuda.max_memory_allocated(run.device) / 2**30
+        except torch.OutOfMemoryError:
+            out[label] = "out of memory"
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+        run.row("speed", f"peak GiB, training step 256², 4 images, 40 steps, {label}", out[label])
+    return out
+
+
+# -------------------------------------------------------------------------------------- device tests
+def section_device_tests(run):
+    if run.dry:
+        run.row("device_tests", "pytest tests/test_device.py", "not run in --dry-run (CI runs the suite)")
+        return {}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_device.py"]
+    rc, tail = run.subprocess(cmd, "pytest_device.log", limit=240)
+    summary = next((line for line in reversed(tail.splitlines()) if " passed" in line or " failed" in line), "")
+    run.row("device_tests", "pytest tests/test_device.py", summary.strip() or f"rc {rc}", "all pass", rc == 0)
+    return {"rc": rc, "log": "pytest_device.log"}
+
+
+def _info(run) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    if run.cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU")
+        props = torch.cuda.get_device_properties(run.device)
+        info.update(gpu=props.name, memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported())
+    return info
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cuda:N")
     parser.add_argument("--out", default=os.path.join("results", "gpu_check"), help="report folder (default %(default)s)")
-    parser.add_argument("--budget-seconds", type=float, default=480.0,
-                        help="wall-clock budget; steps starting later are SKIPPED (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="small sizes and few steps (CPU development runs)")
-    parser.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads, also for the subprocesses (default: 1 with --device cpu, else torch's)")
+    parser.add_argument("--budget-seconds", type=float, default=420.0,
+                        help="sections starting later are SKIPPED (default %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="the same logic with tiny sizes on the CPU")
+    parser.add_argument("--only", default="", help="comma-separated section names (default: all)")
     args = parser.parse_args(argv)
-    if args.threads is None and args.device == "cpu":
-        args.threads = 1    # a shared CPU: two spinning OpenMP threads ran ~100× slower than one
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    run = Run(args)
-    steps = [("info", step_info), ("equivalence", step_equivalence), ("pytest", step_pytest),
-             ("evaluate", step_evaluate), ("train_none", step_train("none")), ("train_bf16", step_train("bf16")),
-             ("train_fp16", step_train("fp16")), ("forward", step_forward), ("memory", step_memory),
-             ("train_other", step_train_other), ("ddp", step_ddp)]
-    if not run.cuda:    # amp is ignored on the CPU: one training run covers the path
-        steps = [s for s in steps if s[0] not in ("train_bf16", "train_fp16")]
+    sections = [("precision", section_precision), ("curves", section_curves), ("parallel", section_parallel),
+                ("speed", section_speed), ("device_tests", section_device_tests)]
     only = {s for s in args.only.split(",") if s}
-    unknown = only - {name for name, _ in steps}
-    if unknown:
-        parser.error(f"unknown step(s) {sorted(unknown)}; steps: {', '.join(name for name, _ in steps)}")
-    for name, fn in steps:
+    if only - {name for name, _ in sections}:
+        parser.error(f"unknown section(s) {sorted(only - {n for n, _ in sections})}; "
+                     f"sections: {', '.join(n for n, _ in sections)}")
+    run = Run(args)
+    info = _info(run)
+    print("  " + json.dumps(info), flush=True)
+    run.sections.append({"name": "info", "status": "PASS", "details": info})
+    for name, fn in sections:
         if not only or name in only:
-            run.step(name, fn)
-    total = time.time() - run.started
-    print(f"\n{'step':14s} {'status':8s} {'s':>6s}  note")
-    for r in run.steps:
-        print(f"{r['name']:14s} {r['status']:8s} {r['seconds']:6.1f}  {r['error'][:100]}")
-    print(f"total {total:.0f} s on {run.device}; report {os.path.join(run.out, 'gpu_check.json')}")
+            run.section(name, fn)
+    print(f"\n{'section':13s} {'metric':72s} {'value':>24s}  {'criterion':16s} status")
+    for r in run.rows:
+        print(f"{r['section']:13s} {r['metric'][:72]:72s} {str(r['value'])[:24]:>24s}  {r['criterion']:16s} {r['status']}")
+    print(f"total {time.time() - run.started:.0f} s on {run.device}; table and details in "
+          f"{os.path.join(run.out, 'gpu_check.json')}")
     run.save()
-    return 1 if any(r["status"] == "FAIL" for r in run.steps) else 0
+    return 1 if any(r["status"] == "FAIL" for r in run.rows) else 0
 
 
 if __name__ == "__main__":

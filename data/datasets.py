@@ -2,8 +2,9 @@
 
 Determinism: every item draws from `numpy.random.default_rng([seed, epoch, index])` (training) or
 `default_rng([seed, image_index, kernel_index])` (tests), so samples do not depend on iteration
-order, DataLoader worker count or resumption. Call `TrainDataset.set_epoch(e)` before each epoch
-(with `persistent_workers=True` the workers keep the epoch they were started with).
+order, DataLoader worker count or resumption. A training item is addressed as `(epoch, index)` (what
+the engine's sampler yields, so persistent DataLoader workers see every epoch) or as a plain `index` of
+the epoch last given to `set_epoch` (a worker keeps the epoch it was started with).
 """
 from __future__ import annotations
 
@@ -105,9 +106,14 @@ class EpochSeededDataset(Dataset):
         return self.length
 
     def rng(self, index: int) -> np.random.Generator:
+        return self.locate(index)[0]
+
+    def locate(self, index):
+        """(generator, index) of an item given as `index` (epoch from set_epoch) or `(epoch, index)`."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
+        return np.random.default_rng([self.seed, int(epoch), int(index)]), int(index)
 
 
 class TrainDataset(EpochSeededDataset):
@@ -120,8 +126,8 @@ class TrainDataset(EpochSeededDataset):
         self.patch_size = None if patch_size is None else int(patch_size)
         self.degradation = degradation if callable(degradation) else build_degradation(degradation)
 
-    def __getitem__(self, index: int) -> dict:
-        rng = self.rng(index)
+    def __getitem__(self, index) -> dict:
+        rng, index = self.locate(index)
         img = self.images[index % len(self.images)]
         if self.patch_size is not None:
             img = random_crop(img, self.patch_size, rng)

@@ -69,8 +69,8 @@ class PairedTrainDataset(EpochSeededDataset):
         super().__init__(seed, len(self.pairs) if length is None else length, augment)
         self.patch_size = int(patch_size)
 
-    def __getitem__(self, index: int) -> dict:
-        rng = self.rng(index)
+    def __getitem__(self, index) -> dict:
+        rng, index = self.locate(index)
         y, x = self.pairs[index % len(self.pairs)]
         both = random_crop(torch.cat([y, x]), self.patch_size, rng)
         mode = int(rng.integers(8)) if self.augment else 0

@@ -14,7 +14,8 @@ from utils.config_normalise import require_normalised
 
 class ResumableSampler(Sampler):
     """DistributedSampler-like: the epoch's permutation comes from (seed, epoch) only, every rank takes
-    its strided share, and `skip` drops the first indices of this rank's share (resuming)."""
+    its strided share, and `skip` drops the first indices of this rank's share (resuming). It yields
+    `(epoch, index)` pairs, so DataLoader workers that persist across epochs still draw each epoch's data."""
 
     def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
         self.size, self.num_replicas, self.rank = size, num_replicas, rank
@@ -34,8 +35,8 @@ class ResumableSampler(Sampler):
         mine = order[self.rank:self.per_rank * self.num_replicas:self.num_replicas]
         return mine[self.skip:]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
+    def __iter__(self) -> Iterator[tuple]:
+        return iter([(self.epoch, i) for i in self.indices()])
 
     def __len__(self) -> int:
         return max(self.per_rank - self.skip, 0)
@@ -99,8 +100,13 @@ def build_train_loader(cfg, batch_per_process: int, rank: int, world: int, worke
     except (KeyError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"train_dataset: {err.args[0] if err.args else err}") from None
     sampler = ResumableSampler(len(dataset), world, rank, seed=cfg["train_options"]["seed"])
+    # persistent workers: no restart per epoch (the epoch travels with the sampler's indices). A generator
+    # of its own: each new iterator draws a worker base seed, which must not advance the global torch RNG
+    # (a resumed run creates its iterators at other points than an uninterrupted one)
     loader = DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, num_workers=train["num_workers"],
                         collate_fn=collate, drop_last=True, worker_init_fn=worker_init_fn,
+                        persistent_workers=train["num_workers"] > 0,
+                        generator=torch.Generator().manual_seed(cfg["train_options"]["seed"] + rank),
                         pin_memory=torch.cuda.is_available() and not cfg["train_options"]["disable_cuda"])
     return loader, sampler, dataset
 

@@ -95,7 +95,7 @@ def dnd_submission(cfg, dnd_dir: str, out_dir: str, verbose: bool = True) -> Lis
         restored = []
         for block in blocks:
             y = torch.from_numpy(np.ascontiguousarray(block.transpose(2, 0, 1)))[None].to(device)
-            with torch.no_grad():
+            with torch.inference_mode():
                 out = restore(model, {"y": y, "k": torch.ones(1, 1, 1, 1, device=device)}, 0,
                                cfg["test_dataset"]["self_ensemble"])
             restored.append(out["x"][0].float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0))

@@ -245,7 +245,7 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
                 scores[input_label] = evaluate_pair(resize_to(item["y"], item["x"].shape[-2:]), item["x"],
                                                     color=color, border=tcfg["border"], quantize=tcfg["quantize"])
             for spec, model in models:
-                with torch.no_grad():
+                with torch.inference_mode():
                     out = restore(model, batch, protocol.pad(item), tcfg["self_ensemble"])
                 x = out["x"][0].float().clamp(0, 1).cpu()
                 restored[spec.title] = x

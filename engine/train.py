@@ -24,7 +24,8 @@ import torch
 
 from data.mixup import mixup_batch, mixup_rng
 from engine import distributed as dist
-from engine.checkpoint import export_weights, load_training_state, read_checkpoint, save_training_state
+from engine.checkpoint import (export_weights, load_training_state, read_checkpoint, restore_rng, rng_state,
+                               save_training_state, seed_process)
 from engine.datasets import build_train_loader, build_val_set
 from engine.modeling import (check_channels, has_parameters, instantiate, kaiming_init, load_initial_weights, run_model,
                              spec_from_model_section, count_parameters, to_device)
@@ -32,7 +33,7 @@ from engine.tasks import check_model_for_task, model_scale
 from engine.tracking import RunLogger
 from engine.validate import validate
 from models.contract import has_hook, hook
-from models.losses import build_loss
+from models.losses import LossTerms, build_loss
 from utils.config import ConfigError, command_line, override_text, public
 from utils.io import WriteError, check_writable, holds_run, move_aside, remove_stale_temp_files
 
@@ -211,9 +212,10 @@ def _worker_ignore_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _batch_psnr(x: torch.Tensor, gt: torch.Tensor) -> float:
+def _batch_psnr(x: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR of a batch, as a 0-dim tensor on the device (read when logged)."""
     mse = torch.mean((x.detach().float().clamp(0, 1) - gt.float()) ** 2, dim=(1, 2, 3))
-    return float(torch.mean(10 * torch.log10(1.0 / mse.clamp_min(1e-12))))
+    return torch.mean(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))
 
 
 def _autocast(device, amp: str):
@@ -236,8 +238,9 @@ def _export_path(folder: str, name: str, run_id: str) -> str:
             pass
 
 
-def train(cfg: Dict[str, Any], step_callback: Optional[Callable[[int, float], None]] = None) -> TrainResult:
-    """Train as configured. `step_callback(step, loss)` runs after every optimizer step (tests, hooks)."""
+def train(cfg: Dict[str, Any], step_callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> TrainResult:
+    """Train as configured. `step_callback(step, loss)` runs after every optimizer step (tests, hooks);
+    `loss` is the step's loss as a detached 0-dim tensor (reading its value costs a host-device sync)."""
     _check_noise_flags(cfg)
     opts = cfg["train_options"]
     device = dist.select_device(opts["disable_cuda"], opts["device_ids"])
@@ -249,6 +252,36 @@ def train(cfg: Dict[str, Any], step_callback: Optional[Callable[[int, float], No
     finally:
         if distributed:
             dist.cleanup()
+
+
+def _cuda_devices(device, device_ids) -> List[int]:
+    """The CUDA devices whose random generators this process uses (none on the CPU)."""
+    if device.type != "cuda":
+        return []
+    ids = dist.usable_device_ids(device, device_ids)
+    return ids if len(ids) > 1 else [device.index or 0]
+
+
+def _resume_note(state, device, cuda_devices, seed) -> str:
+    """Restore this process's RNG states; '' when the continuation is exact, else one line saying why not."""
+    reasons = [restore_rng(state, rank=dist.rank(), world=dist.world_size(), cuda_devices=cuda_devices, seed=seed)]
+    if device.type == "cuda" and (torch.backends.cudnn.benchmark or not torch.backends.cudnn.deterministic):
+        reasons.append("cuDNN picks its convolution algorithms per run (cudnn.benchmark) and some CUDA kernels "
+                       "are not deterministic: the losses match an uninterrupted run to float rounding, not bit for bit")
+    reasons = [r for r in reasons if r]
+    return ("resume is not exact: " + "; ".join(reasons)) if reasons else ""
+
+
+def _check_early_stop_sync(cfg, model, ids) -> None:
+    if not cfg["train_options"]["early_stop_sync"]:
+        return
+    if not has_hook(model, "early_stop_sync"):
+        raise ConfigError(f"train_options.early_stop_sync: {type(model).__name__} has no early stop to synchronise "
+                          "(NRL-GDN models do); set it to false")
+    if len(ids) > 1:
+        raise ConfigError("train_options.early_stop_sync: needs DDP (torchrun); DataParallel replicas each stop on "
+                          "their own share, as published (use one entry in device_ids, or torchrun)")
+    model.early_stop_sync = True
 
 
 def _train(cfg, device, step_callback) -> TrainResult:
@@ -269,6 +302,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
         kaiming_init(model)
     load_initial_weights(model, cfg["model"]["init_from"], cfg["model"]["init_grow"])
     model.to(device)
+    if dist.is_distributed():   # same initial weights everywhere (above); distinct random streams from here on
+        seed_process(opts["seed"], dist.rank())
     loss_name = cfg["model"]["loss"] or hook(model, "default_loss") or "l1"
     try:
         loss_fn = build_loss(loss_name, **cfg["model"]["loss_options"])
@@ -276,6 +311,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
         raise ConfigError(f"model.loss: {err.args[0]}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.loss_options: {err}") from None
+    ids = dist.usable_device_ids(device, opts["device_ids"])
+    _check_early_stop_sync(cfg, model, ids)
 
     world = dist.world_size()
     global_batch = cfg["train_dataset"]["batch_size"]
@@ -295,21 +332,16 @@ def _train(cfg, device, step_callback) -> TrainResult:
     scheduler = build_scheduler(cfg, optimizer, total_steps if by_iters else opts["epochs"])
     scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and opts["amp"] == "fp16") else None
 
-    last_path, best_path = os.path.join(run_dir, "last.pth"), os.path.join(run_dir, "best.pth")
+    last_path = os.path.join(run_dir, "last.pth")
     epoch, step, skip_batches, best = 0, 0, 0, None
-    run_id, archived = uuid.uuid4().hex, ""
+    run_id, archived, resume_note = uuid.uuid4().hex, "", ""
+    cuda_devices = _cuda_devices(device, opts["device_ids"])
     if opts["resume"]:
-        name = opts["resume_model_name"]
-        inside = os.path.join(run_dir, name) if name else ""
-        path = last_path if not name else (inside if os.path.isfile(inside) else name)
-        if not os.path.isfile(path):
-            archives = sorted(glob.glob(glob.escape(run_dir) + "_archived_*"))
-            hint = f"; the latest earlier run of this name is in {archives[-1]}" if archives else ""
-            raise ConfigError(f"train_options.resume: no checkpoint to resume at '{path}' "
-                              f"(set resume=false to start a new run, or resume_model_name to a checkpoint){hint}")
+        path = _resume_path(opts, run_dir, last_path)
         pos = load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         epoch, step, skip_batches, best = pos["epoch"], pos["step"], pos["batch_in_epoch"], pos["best_metric"]
         run_id = pos["run_id"] or run_id   # checkpoints written before run ids existed start a new one
+        resume_note = _resume_note(pos["state"], device, cuda_devices, opts["seed"])
     elif dist.is_main():    # only with train_options.overwrite: an earlier run was refused before
         try:
             archived = move_aside(run_dir, _run_markers(opts))
@@ -321,156 +353,331 @@ def _train(cfg, device, step_callback) -> TrainResult:
     log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"],
                     resume_step=step if opts["resume"] else None)
     log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
-             f"processes {world}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
+             f"processes {world}{dist.describe()}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
     if archived:
         log.text(f"train_options.overwrite: the earlier run in {run_dir} was moved to {archived}")
     if stale:
         log.text(f"removed {len(stale)} temp file(s) left by saves that were killed: {', '.join(stale)}")
+    if resume_note:
+        log.text(resume_note)
     val_set = build_val_set(cfg, scale) if (opts["epoch_val"] and dist.is_main()) else None
     if val_set is not None and not val_set:
         raise ConfigError("val_dataset: no validation images (check its folder or .mat files, or set "
                           "train_options.epoch_val=0)")
-    wrapped = dist.wrap_model(model, device, dist.usable_device_ids(device, opts["device_ids"]))
-    clip_own = has_hook(model, "clip_gradients")
-    mixup = cfg["train_dataset"]["mixup"]
-    result = TrainResult(status="completed", run_dir=run_dir, model=model)
-    config_snapshot = public(cfg)
+    loop = _Loop(cfg=cfg, device=device, model=model, spec=spec, loss_fn=loss_fn, optimizer=optimizer,
+                 scheduler=scheduler, scaler=scaler, log=log, run_dir=run_dir, run_id=run_id, val_set=val_set,
+                 wrapped=dist.wrap_model(model, device, ids, opts["find_unused_parameters"]),
+                 cuda_devices=cuda_devices, step_callback=step_callback, by_iters=by_iters,
+                 total_steps=total_steps, steps_per_epoch=steps_per_epoch, epoch=epoch, step=step, best=best)
+    return loop.run(loader, sampler, skip_batches)
 
-    stop = _StopRequest()
 
-    def save(path, ep, in_epoch):
-        """Rank 0 writes; callers that need the file on every rank add a barrier."""
+def _resume_path(opts, run_dir: str, last_path: str) -> str:
+    name = opts["resume_model_name"]
+    inside = os.path.join(run_dir, name) if name else ""
+    path = last_path if not name else (inside if os.path.isfile(inside) else name)
+    if not os.path.isfile(path):
+        archives = sorted(glob.glob(glob.escape(run_dir) + "_archived_*"))
+        hint = f"; the latest earlier run of this name is in {archives[-1]}" if archives else ""
+        raise ConfigError(f"train_options.resume: no checkpoint to resume at '{path}' "
+                          f"(set resume=false to start a new run, or resume_model_name to a checkpoint){hint}")
+    return path
+
+
+class _Window:
+    """The losses (and loss terms) of the steps since the last read, kept on the device; `read` brings
+    them to the host in one sync."""
+
+    def __init__(self):
+        self.entries: List[tuple] = []          # (epoch, step, loss tensor)
+        self.terms: Dict[str, Any] = {}         # name -> sum over the window (tensor or float)
+
+    def add(self, epoch: int, step: int, loss: torch.Tensor, terms) -> None:
+        self.entries.append((epoch, step, loss.detach()))
+        values = terms.tensors() if isinstance(terms, LossTerms) else terms
+        for name, value in values.items():
+            value = value.detach().float() if torch.is_tensor(value) else float(value)
+            self.terms[name] = self.terms[name] + value if name in self.terms else value
+
+    def read(self, *extra: torch.Tensor):
+        """([{epoch, step, loss}], {term: sum}, [extra values]) as floats; empties the window."""
+        entries, terms = self.entries, self.terms
+        self.entries, self.terms = [], {}
+        if not entries:
+            return [], {}, [float(e) for e in extra]
+        on_device = [name for name, v in terms.items() if torch.is_tensor(v)]
+        packed = torch.stack([e[2].float().reshape(()) for e in entries]
+                             + [terms[name].reshape(()) for name in on_device]
+                             + [e.detach().float().reshape(()).to(entries[0][2].device) for e in extra])
+        values = packed.tolist()    # the one host-device sync
+        n, m = len(entries), len(on_device)
+        records = [{"epoch": ep, "step": st, "loss": v} for (ep, st, _), v in zip(entries, values[:n])]
+        sums = {name: values[n + on_device.index(name)] if name in on_device else v for name, v in terms.items()}
+        return records, sums, values[n + m:]
+
+
+def _first_nonfinite(records) -> Optional[dict]:
+    return next((r for r in records if not math.isfinite(r["loss"])), None)
+
+
+class _Loop:
+    """The training loop: the state between two optimizer steps and what happens at each of them.
+
+    Host-device syncs: none per step beyond the model's own (kernel validation, the published early
+    stop) — the losses stay on the device and are read every train_options.log_every steps, which is
+    also when non-finite losses are caught and (under DDP) stop requests are agreed on."""
+
+    def __init__(self, *, cfg, device, model, spec, loss_fn, optimizer, scheduler, scaler, log, run_dir, run_id,
+                 val_set, wrapped, cuda_devices, step_callback, by_iters, total_steps, steps_per_epoch, epoch, step,
+                 best):
+        self.cfg, self.opts, self.device, self.model, self.spec = cfg, cfg["train_options"], device, model, spec
+        self.loss_fn, self.optimizer, self.scheduler, self.scaler = loss_fn, optimizer, scheduler, scaler
+        self.log, self.run_dir, self.run_id, self.val_set, self.wrapped = log, run_dir, run_id, val_set, wrapped
+        self.cuda_devices, self.step_callback, self.by_iters = cuda_devices, step_callback, by_iters
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.epoch, self.step, self.best, self.in_epoch = epoch, step, best, 0
+        self.last_path, self.best_path = os.path.join(run_dir, "last.pth"), os.path.join(run_dir, "best.pth")
+        self.last_saved_step = step if self.opts["resume"] else None
+        self.result = TrainResult(status="completed", run_dir=run_dir, model=model)
+        self.config_snapshot = public(cfg)
+        self.window, self.norms, self.stop, self.progress = _Window(), None, None, None
+        self.unlogged = ([], {})       # records and term sums read since the last log line
+        self.consistent = True      # the state is between two steps (saveable)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def finished(self) -> bool:
+        return self.step >= self.total_steps if self.by_iters else self.epoch >= self.opts["epochs"]
+
+    def every(self, n: int) -> bool:
+        return n > 0 and self.step % n == 0
+
+    def save(self, path: str, epoch: int, in_epoch: int, collective: bool = True) -> None:
+        """Rank 0 writes. `collective`: every rank calls this at the same point and its RNG state is kept."""
+        states = dist.gather_objects(rng_state(self.cuda_devices)) if collective else [rng_state(self.cuda_devices)]
         if dist.is_main():
-            with stop.saving():
-                save_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                    epoch=ep, step=step, batch_in_epoch=in_epoch, best_metric=best,
-                                    config=config_snapshot, model_select=spec.name, model_options=spec.options,
-                                    run_id=run_id)
+            with self.stop.saving() if self.stop is not None else contextlib.nullcontext():
+                save_training_state(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    scaler=self.scaler, epoch=epoch, step=self.step, batch_in_epoch=in_epoch,
+                                    best_metric=self.best, config=self.config_snapshot, model_select=self.spec.name,
+                                    model_options=self.spec.options, run_id=self.run_id, rng_states=states,
+                                    world_size=dist.world_size())
+        if path == self.last_path:
+            self.last_saved_step = self.step
 
-    def finished() -> bool:
-        return step >= total_steps if by_iters else epoch >= opts["epochs"]
+    def flush(self, pending_step: Optional[int] = None, extra=()):
+        """Read the window (one sync; every rank calls this together), record the losses and raise on a
+        non-finite one. `pending_step`: the step whose update is not applied yet. Returns (extra values,
+        whether any rank asked to stop)."""
+        records, sums, values = self.window.read(*extra)
+        self.result.history.extend(records)
+        self.unlogged[0].extend(records)
+        for name, value in sums.items():
+            self.unlogged[1][name] = self.unlogged[1].get(name, 0.0) + value
+        bad = _first_nonfinite(records)
+        earliest, no_stop = dist.min_over_ranks([bad["step"] if bad else math.inf,
+                                                 0.0 if self.stop.requested else 1.0], self.device)
+        if math.isfinite(earliest):
+            self._nonfinite(int(earliest), bad, pending_step)
+        return values, no_stop == 0
 
-    in_epoch, consistent = skip_batches, True   # consistent: the state is between two steps (saveable)
+    def _nonfinite(self, earliest: int, bad: Optional[dict], pending_step: Optional[int]):
+        rank = f" on rank {dist.rank()}" if dist.is_distributed() else ""
+        what = (f"loss became {bad['loss']} at step {bad['step']} (epoch {bad['epoch']}){rank}"
+                if bad and bad["step"] == earliest else f"loss became non-finite at step {earliest} on another process")
+        if earliest == pending_step:        # caught before its update: the state before the step is intact
+            path = os.path.join(self.run_dir, "nonfinite.pth")
+            self.save(path, self.epoch, self.in_epoch)
+            dist.barrier()                  # rank 0 has written it before any rank reports it
+            raise FloatingPointError(f"{what}; the state before that step is saved to {path}")
+        self.consistent = False             # the weights took that step: nothing of them is saved
+        last = (f"the last checkpoint is {self.last_path} (step {self.last_saved_step})"
+                if self.last_saved_step is not None else "no checkpoint was written yet")
+        raise FloatingPointError(f"{what}; losses are checked every {self.opts['log_every']} steps "
+                                 f"(train_options.log_every), so the weights were updated with it and are not saved; {last}")
 
-    def save_after_error():
-        progress.close()        # the error message starts on a line of its own
-        if consistent and dist.is_main():
-            save(last_path, epoch, in_epoch)
-            log.text(f"error at epoch {epoch + 1}, step {step}: progress saved to {last_path} "
-                     "(resume with train_options.resume=true)")
+    # -- one step --------------------------------------------------------------------------------
+    def train_step(self, batch) -> bool:
+        """Forward, backward and update on one batch; returns whether to stop after it (a signal)."""
+        self.wrapped.train()
+        batch = to_device(batch, self.device)
+        if self.cfg["train_dataset"]["mixup"]:
+            batch = mixup_batch(batch, mixup_rng(self.opts["seed"] + dist.rank(), self.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.opts["amp"]):
+            outputs = run_model(self.wrapped, batch)
+            loss, parts = self.loss_fn(outputs, batch)
+        self.window.add(self.epoch + 1, self.step + 1, loss, parts)
+        logging = (self.step + 1) % self.opts["log_every"] == 0 or self.step == 0
+        stop = False
+        if logging:     # the losses so far, checked before this step's update
+            (psnr,), stop = self.flush(self.step + 1, (_batch_psnr(outputs["x"], batch["x"]),))
+        self._update(loss)
+        if logging:
+            self._log(psnr)
+        self.progress.update(1)
+        if self.step_callback is not None:
+            self.step_callback(self.step, loss.detach())
+        return stop or (not dist.is_distributed() and self.stop.requested)
 
-    progress = log.progress(total=total_steps, initial=step, desc=f"train {spec.name}")
-    started = time.time()
-    with stop, _OnError(save_after_error):
-        while not finished():
-            sampler.set_epoch(epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler.skip = skip_batches * loader.batch_size
-            in_epoch = skip_batches
-            for batch in loader:
-                if in_epoch >= steps_per_epoch:
+    def _update(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip_own = has_hook(self.model, "clip_gradients")
+        self.norms = self.model.clip_gradients() if clip_own else None
+        if not clip_own and self.cfg["optimizer"]["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optimizer"]["grad_clip"])
+        self.consistent = False
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.by_iters and self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        self.in_epoch += 1
+        self.consistent = True
+
+    def _log(self, psnr: float) -> None:
+        """One log line: the mean loss (and loss terms) of the steps since the previous one."""
+        (records, sums), self.unlogged = self.unlogged, ([], {})
+        loss = sum(r["loss"] for r in records) / len(records)
+        scalars = {"loss": loss, "psnr_train": psnr, "lr": self.optimizer.param_groups[0]["lr"]}
+        scalars.update({f"loss/{k}": v / len(records) for k, v in sums.items()})
+        if isinstance(self.norms, dict) and self.norms:
+            values = torch.stack([torch.as_tensor(v).float().reshape(()) for v in self.norms.values()]).tolist()
+            scalars.update({f"grad_norm/{k}": v for k, v in zip(self.norms, values)})
+        self.log.scalars(scalars, self.step, self.epoch + 1)
+        self.progress.set_postfix(loss=f"{loss:.4g}", epoch=self.epoch + 1)
+
+    # -- between steps ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Rank 0 validates; a better PSNR is saved to best.pth (by rank 0 alone)."""
+        if self.val_set is None:
+            return
+        log_epoch = self.epoch if self.in_epoch == 0 else self.epoch + 1
+        val_psnr, grid = validate(self.model, self.val_set, self.device)
+        self.log.scalars({"psnr_val": val_psnr}, self.step, log_epoch)
+        better = self.best is None or val_psnr > self.best
+        when = (f"after epoch {self.epoch} (step {self.step})" if self.in_epoch == 0
+                else f"at step {self.step} (epoch {log_epoch})")
+        self.log.text(f"validation {when}: PSNR {val_psnr:.2f} dB on {len(self.val_set)} image(s)"
+                      + (" (best so far)" if better else f", best {self.best:.2f} dB"))
+        self.log.image("validation (degraded | restored | ground truth)", grid, self.step)
+        self.log.plot_curves(f"{_run_name(self.cfg)} · {self.spec.name}")
+        if self.best is None or val_psnr > self.best:
+            self.best = val_psnr
+            self.save(self.best_path, self.epoch, self.in_epoch, collective=False)
+            self.result.best_checkpoint = self.best_path
+
+    def mid_epoch(self) -> None:
+        """Step-interval validation and saving inside an epoch (train_options.*_every_steps)."""
+        val_due = self.opts["epoch_val"] > 0 and self.every(self.opts["val_every_steps"])
+        save_due = self.every(self.opts["save_every_steps"])
+        if val_due or save_due:
+            self.flush()
+            if val_due:
+                self.validate()
+            if save_due:
+                self.save(self.last_path, self.epoch, self.in_epoch)
+            dist.barrier()
+
+    def end_epoch(self) -> None:
+        o = self.opts
+        self.consistent = False
+        self.epoch += 1
+        self.in_epoch = 0
+        if not self.by_iters and self.scheduler is not None:
+            self.scheduler.step()
+        self.consistent = True
+        val_due = o["epoch_val"] > 0 and (self.every(o["val_every_steps"]) if o["val_every_steps"]
+                                          else self.epoch % o["epoch_val"] == 0)
+        save_due = self.finished() or (self.every(o["save_every_steps"]) if o["save_every_steps"]
+                                       else self.epoch % o["epoch_save"] == 0)
+        if val_due or save_due:
+            self.flush()
+        if val_due:
+            self.validate()
+        if save_due:
+            self.save(self.last_path, self.epoch, 0)
+        dist.barrier()      # one barrier per epoch on every rank: rank 0 validated and saved
+
+    def save_after_error(self) -> None:
+        self.progress.close()        # the error message starts on a line of its own
+        if not (self.consistent and dist.is_main()):
+            return
+        records = self.window.read()[0]      # this process only: the others may not be here
+        self.result.history.extend(records)
+        bad = _first_nonfinite(records)
+        if bad:
+            self.log.text(f"error at epoch {self.epoch + 1}, step {self.step}: progress not saved (the loss became "
+                          f"{bad['loss']} at step {bad['step']})")
+            return
+        self.save(self.last_path, self.epoch, self.in_epoch, collective=False)
+        self.log.text(f"error at epoch {self.epoch + 1}, step {self.step}: progress saved to {self.last_path} "
+                      "(resume with train_options.resume=true)")
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, loader, sampler, skip_batches: int) -> TrainResult:
+        self.progress = self.log.progress(total=self.total_steps, initial=self.step, desc=f"train {self.spec.name}")
+        started = time.time()
+        with _StopRequest() as self.stop, _OnError(self.save_after_error):
+            while not self.finished():
+                sampler.set_epoch(self.epoch)       # the epoch travels with the indices to the workers
+                sampler.skip = skip_batches * loader.batch_size
+                self.in_epoch, skip_batches = skip_batches, 0
+                for batch in loader:
+                    if self.in_epoch >= self.steps_per_epoch:
+                        break
+                    if self.train_step(batch):
+                        return self.interrupted()
+                    if self.by_iters and self.step >= self.total_steps:
+                        break
+                    if self.in_epoch < self.steps_per_epoch:
+                        self.mid_epoch()
+                if self.in_epoch < self.steps_per_epoch:      # iteration budget reached inside the epoch
+                    self.flush()
+                    self.save(self.last_path, self.epoch, self.in_epoch)
                     break
-                wrapped.train()
-                batch = to_device(batch, device)
-                if mixup:
-                    batch = mixup_batch(batch, mixup_rng(opts["seed"] + dist.rank(), step))
-                optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, opts["amp"]):
-                    outputs = run_model(wrapped, batch)
-                    loss, parts = loss_fn(outputs, batch)
-                if dist.any_true(not bool(torch.isfinite(loss)), device):   # every rank stops together
-                    save(os.path.join(run_dir, "nonfinite.pth"), epoch, in_epoch)
-                    dist.barrier()
-                    raise FloatingPointError(f"loss became {float(loss)} at step {step + 1} (epoch {epoch + 1}); "
-                                             f"state before the step saved to {run_dir}/nonfinite.pth")
-                (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.unscale_(optimizer)
-                norms = model.clip_gradients() if clip_own else None
-                if not clip_own and cfg["optimizer"]["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optimizer"]["grad_clip"])
-                consistent = False
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                if by_iters and scheduler is not None:
-                    scheduler.step()
-                step += 1
-                in_epoch += 1
-                consistent = True
-                loss_value = float(loss.detach())
-                record = {"epoch": epoch + 1, "step": step, "loss": loss_value}
-                result.history.append(record)
-                if step % opts["log_every"] == 0 or step == 1:
-                    scalars = {"loss": loss_value, "psnr_train": _batch_psnr(outputs["x"], batch["x"]),
-                               "lr": optimizer.param_groups[0]["lr"]}
-                    scalars.update({f"loss/{k}": v for k, v in parts.items()})
-                    if isinstance(norms, dict):
-                        scalars.update({f"grad_norm/{k}": float(v) for k, v in norms.items()})
-                    log.scalars(scalars, step, epoch + 1)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4g}", epoch=epoch + 1)
-                if step_callback is not None:
-                    step_callback(step, loss_value)
-                if by_iters and step >= total_steps:
-                    break
-                if dist.any_true(stop.requested, device):
-                    save(last_path, epoch, in_epoch)
-                    dist.barrier()
-                    log.text(f"stopped by {stop.signal_name or 'a signal'} at epoch {epoch + 1}, step {step}; "
-                             f"resume with train_options.resume=true ({last_path})")
-                    progress.close()
-                    log.close()
-                    result.status, result.last_checkpoint = "interrupted", last_path
-                    return result
-            skip_batches = 0
-            epoch_done = in_epoch >= steps_per_epoch
-            if not epoch_done:      # iteration budget reached inside the epoch
-                save(last_path, epoch, in_epoch)
-                break
-            consistent = False
-            epoch += 1
-            in_epoch = 0
-            if not by_iters and scheduler is not None:
-                scheduler.step()
-            consistent = True
-            if val_set is not None and epoch % opts["epoch_val"] == 0:
-                val_psnr, grid = validate(model, val_set, device)
-                log.scalars({"psnr_val": val_psnr}, step, epoch)
-                log.text(f"validation after epoch {epoch} (step {step}): PSNR {val_psnr:.2f} dB on {len(val_set)} "
-                         f"image(s)" + (" (best so far)" if best is None or val_psnr > best else f", best {best:.2f} dB"))
-                log.image("validation (degraded | restored | ground truth)", grid, step)
-                log.plot_curves(f"{_run_name(cfg)} · {spec.name}")
-                if best is None or val_psnr > best:
-                    best = val_psnr
-                    save(best_path, epoch, 0)
-                    result.best_checkpoint = best_path
-            if epoch % opts["epoch_save"] == 0 or finished():
-                save(last_path, epoch, 0)
-            dist.barrier()      # one barrier per epoch on every rank: rank 0 validated and saved
-    progress.close()
-    result.last_checkpoint = last_path
-    if dist.is_main():
-        plain = os.path.join(cfg["model"]["model_save_file"], f"{_run_name(cfg)}.pth")
-        result.exported = export_weights(_export_path(cfg["model"]["model_save_file"], _run_name(cfg), run_id),
-                                         model=model, config=config_snapshot, model_select=spec.name,
-                                         model_options=spec.options,
-                                         extra={"step": step, "best_metric": best, "run_id": run_id})
-        if result.exported != plain:
-            log.text(f"{plain} holds another run's weights and was kept; this run's weights: {result.exported}")
-        minutes = (time.time() - started) / 60
-        curves = log.plot_curves(f"{_run_name(cfg)} · {spec.name}")
-        log.text(f"done: {step} steps in {minutes:.1f} min; last {last_path}"
-                 + (f", best {best_path} ({best:.2f} dB)" if best is not None else "") + f"; weights {result.exported}"
-                 + (f"; curves {curves}" if curves else ""))
-        log.text("evaluate the exported weights with:")
-        log.text(evaluation_command(cfg, result.exported), stamp=False)
-    log.close()
-    return result
+                self.end_epoch()
+            self.flush()
+        return self.finish(started)
+
+    def interrupted(self) -> TrainResult:
+        self.flush()
+        self.save(self.last_path, self.epoch, self.in_epoch)
+        dist.barrier()
+        self.log.text(f"stopped by {self.stop.signal_name or 'a signal'} at epoch {self.epoch + 1}, step {self.step}; "
+                      f"resume with train_options.resume=true ({self.last_path})")
+        self.progress.close()
+        self.log.close()
+        self.result.status, self.result.last_checkpoint = "interrupted", self.last_path
+        return self.result
+
+    def finish(self, started: float) -> TrainResult:
+        self.progress.close()
+        self.result.last_checkpoint = self.last_path
+        if dist.is_main():
+            cfg, best = self.cfg, self.best
+            self.result.exported = export_weights(
+                _export_path(cfg["model"]["model_save_file"], _run_name(cfg), self.run_id), model=self.model,
+                config=self.config_snapshot, model_select=self.spec.name, model_options=self.spec.options,
+                extra={"step": self.step, "best_metric": best, "run_id": self.run_id})
+            plain = os.path.join(cfg["model"]["model_save_file"], f"{_run_name(cfg)}.pth")
+            if self.result.exported != plain:
+                self.log.text(f"{plain} holds another run's weights and was kept; this run's weights: "
+                              f"{self.result.exported}")
+            minutes = (time.time() - started) / 60
+            curves = self.log.plot_curves(f"{_run_name(cfg)} · {self.spec.name}")
+            self.log.text(f"done: {self.step} steps in {minutes:.1f} min; last {self.last_path}"
+                          + (f", best {self.best_path} ({best:.2f} dB)" if best is not None else "")
+                          + f"; weights {self.result.exported}" + (f"; curves {curves}" if curves else ""))
+            self.log.text("evaluate the exported weights with:")
+            self.log.text(evaluation_command(cfg, self.result.exported), stamp=False)
+        self.log.close()
+        return self.result
 
 
 def evaluation_command(cfg, exported: str) -> str:

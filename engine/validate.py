@@ -12,7 +12,7 @@ from utils.io import make_grid
 from utils.metrics import psnr
 
 
-@torch.no_grad()
+@torch.inference_mode()   # no autograd bookkeeping at all (faster than no_grad on a GPU)
 def validate(model, items: List[dict], device, grid_images: int = 4) -> Tuple[float, torch.Tensor]:
     was_training = model.training
     model.eval()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.operators import blur_pair, check_blur_inputs, eq22_init
+from utils.operators import blur_pair, check_blur_inputs, eq22_solve
 
 
 class _TrainingFree(nn.Module):
@@ -43,7 +43,7 @@ class Eq22Init(_TrainingFree):
         blur_pair(boundary)  # one-line error for an unknown boundary
 
     def restore(self, y, k):
-        return eq22_init(y, k, reg=self.reg, n_tapers=self.n_tapers, boundary=self.boundary)
+        return eq22_solve(y, k, reg=self.reg, n_tapers=self.n_tapers, boundary=self.boundary)
 
 
 class _PerChannelNumpy(_TrainingFree):

@@ -20,6 +20,7 @@ HOOK_DEFAULTS: Dict[str, Any] = {
     "trainable": True,          # class attribute; False: training-free, evaluated without a weights file
     "record_steps": None,       # settable attribute; True: forward returns {"x", "steps": [per-step x]}
     "clip_gradients": None,     # method; called after backward instead of optimizer.grad_clip
+    "early_stop_sync": None,    # settable attribute (NRL-GDN): True all-reduces the early-stop test under DDP
 }
 
 
@@ -40,6 +41,7 @@ class RestorationModel(Protocol):
     scale: int
     trainable: bool
     record_steps: bool
+    early_stop_sync: bool
 
     def forward(self, *inputs): ...
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from models.dsdnet_ops import BlurOperator
+from models.losses import LossTerms
 from utils.operators import compute_dtype, kernel_batch, no_autocast
 
 
@@ -61,7 +62,7 @@ class DSDNetLoss:
             s, f = l1_fft_terms(pred, target)
             spatial, spectral = spatial + s, spectral + f
         loss = spatial + self.fft_weight * spectral
-        logs = {"l1": float(spatial.detach()), "l1_fft": float(spectral.detach())}
+        logs = {"l1": spatial, "l1_fft": spectral}
         if self.reblur_weight:
             y, final = batch["y"], preds[-1]
             k = kernel_batch(batch["k"], y.shape[0], y)
@@ -74,6 +75,5 @@ class DSDNetLoss:
             s, f = l1_fft_terms(blur(final) + noise, y)
             reblur = s + self.fft_weight * f
             loss = loss + self.reblur_weight * reblur
-            logs["reblur"] = float(reblur.detach())
-        logs["loss"] = float(loss.detach())
-        return loss, logs
+            logs["reblur"] = reblur
+        return loss, LossTerms(**logs, loss=loss)

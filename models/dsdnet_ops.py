@@ -38,7 +38,7 @@ def _torch_pad_mode(padding_mode: str) -> str:
 
 
 def _pad_index(n: int, before: int, after: int, mode: str, device) -> torch.Tensor:
-    """Source index of every padded sample along one axis (-1 where the pad is zero)."""
+    """Source index of every padded sample along one axis ('replicate', 'circular' or 'reflect')."""
     j = torch.arange(-before, n + after, device=device)
     if mode == "replicate":
         return j.clamp(0, n - 1)
@@ -48,19 +48,21 @@ def _pad_index(n: int, before: int, after: int, mode: str, device) -> torch.Tens
         period = max(2 * n - 2, 1)
         m = j % period
         return torch.where(m < n, m, period - m)
-    return torch.where((j >= 0) & (j < n), j, torch.full_like(j, -1))
+    raise ValueError(f"no source index for padding mode '{mode}'")
 
 
 def _pad_adjoint(z: torch.Tensor, pad, size, mode: str) -> torch.Tensor:
-    """Adjoint of `F.pad(x, pad, mode)`: every padded sample is added back onto its source pixel."""
+    """Adjoint of `F.pad(x, pad, mode)`: every padded sample is added back onto its source pixel (zero
+    padding: a crop). No boolean masks, so no host-device sync."""
     left, right, top, bottom = pad
     h, w = size
     for dim, n, before, after in ((-2, h, top, bottom), (-1, w, left, right)):
-        index = _pad_index(n, before, after, mode, z.device)
-        keep = index >= 0
+        if mode in ("zeros", "constant"):
+            z = z.narrow(dim, before, n)
+            continue
         shape = list(z.shape)
         shape[dim] = n
-        z = z.new_zeros(shape).index_add_(dim, index[keep], z.index_select(dim, keep.nonzero()[:, 0]))
+        z = z.new_zeros(shape).index_add_(dim, _pad_index(n, before, after, mode, z.device), z)
     return z
 
 

@@ -3,10 +3,12 @@
 `build_loss(name, **opts)` returns a callable `fn(outputs, batch) -> (loss, {name: float})` where
 `outputs` is the model output normalised to a dict (key "x" = restored image) and `batch` the data
 dict (key "x" = ground truth). A model names its loss with the class attribute `default_loss`.
-Families with losses of their own register them here (DSDNet, VIRNet).
+Families with losses of their own register them here (DSDNet, VIRNet). The built-in losses return the
+terms as `LossTerms`: read as floats, but kept on the device until read (no host sync per step).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -16,6 +18,29 @@ from models.registry import LazyRegistry
 from utils.operators import compute_dtype
 
 LossResult = Tuple[torch.Tensor, Dict[str, float]]
+
+
+class LossTerms(Mapping):
+    """Named loss terms held as detached tensors; reading a term returns a float (a host-device sync),
+    so a training loop that logs every N steps reads them only then (`tensors()` gives them unread)."""
+
+    def __init__(self, **terms):
+        self._terms = {k: v.detach() if torch.is_tensor(v) else v for k, v in terms.items()}
+
+    def __getitem__(self, key: str) -> float:
+        return float(self._terms[key])
+
+    def __iter__(self):
+        return iter(self._terms)
+
+    def __len__(self) -> int:
+        return len(self._terms)
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        return dict(self._terms)
+
+    def __repr__(self) -> str:
+        return f"LossTerms({', '.join(self._terms)})"
 
 
 def _fp32_pair(x: torch.Tensor, gt: torch.Tensor):
@@ -49,7 +74,7 @@ class PixelLoss:
     def __call__(self, outputs: dict, batch: dict) -> LossResult:
         x, gt = _fp32_pair(outputs["x"], batch["x"])
         loss = self.weight * self.distance(x, gt)
-        return loss, {self.kind: float(loss.detach())}
+        return loss, LossTerms(**{self.kind: loss})
 
 
 class NRLGDNL1(PixelLoss):
@@ -66,7 +91,7 @@ class NRLGDNL1(PixelLoss):
         x, gt = _fp32_pair(outputs["x"], batch["x"])
         n = x.shape[0] * _world_size()
         loss = self.weight * F.l1_loss(x, gt) / (2 * n)
-        return loss, {"nrlgdn_l1": float(loss.detach())}
+        return loss, LossTerms(nrlgdn_l1=loss)
 
 
 LOSSES = LazyRegistry("loss", {

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.drunet import DRUNet
 from utils.config import DataError
-from utils.operators import BOUNDARIES, blur_model_inputs, blur_pair, eq22_init
+from utils.operators import BOUNDARIES, blur_model_inputs, blur_pair, eq22_solve
 
 
 class RGDNBlock(nn.Module):
@@ -63,21 +63,33 @@ def _published_init_(module: nn.Module) -> None:
 class _EarlyStop:
     """The published stopping rule: e_t = ||A x^t − y||_F / 2 over the batch,
     rel_t = (|e_t − e_{t−1}| + 1e-10) / (e_{t−1} + 1e-10), rel_0 = 0; stop after step t ≥ 5 (0-based)
-    when rel_{t−1} − rel_t < threshold. Evaluated in the tensors' dtype, as published."""
+    when rel_{t−1} − rel_t < threshold. Evaluated in the tensors' dtype, as published.
 
-    def __init__(self, threshold: float):
+    The batch is the local one: each DataParallel replica / DDP process stops on its own share (as the
+    published DataParallel code does). `synchronise=True` all-reduces ||A x^t − y||² over the DDP
+    processes first, so every process takes the steps one process would take on the whole batch."""
+
+    def __init__(self, threshold: float, synchronise: bool = False):
         self.threshold = threshold
+        self.synchronise = synchronise
         self.prev_error = None
         self.prev_rel = 0.0
 
+    def _error(self, residual: torch.Tensor) -> torch.Tensor:
+        if not self.synchronise:
+            return torch.linalg.vector_norm(residual) / 2
+        squared = torch.linalg.vector_norm(residual) ** 2
+        torch.distributed.all_reduce(squared)
+        return squared.sqrt() / 2
+
     @torch.no_grad()
     def should_stop(self, step: int, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, blur) -> bool:
-        error = torch.linalg.vector_norm(blur(x, k) - y) / 2
+        error = self._error(blur(x, k) - y)
         if step == 0:
             self.prev_error = error
             return False
         rel = (torch.abs(error - self.prev_error) + 1e-10) / (self.prev_error + 1e-10)
-        stop = step > 4 and bool((self.prev_rel - rel) < self.threshold)
+        stop = step > 4 and bool((self.prev_rel - rel) < self.threshold)   # the rule's host sync, from t = 5 on
         self.prev_error, self.prev_rel = error, rel
         return stop
 
@@ -119,6 +131,7 @@ class NRLGDNUnrolled(nn.Module):
         self.record_steps = bool(record_steps)
         self.in_nc = int(in_nc)
         self.last_num_steps = 0
+        self.early_stop_sync = False   # set by the training engine (train_options.early_stop_sync) under DDP
         self.r = DRUNet(in_nc=in_nc, out_nc=in_nc, nc=r_channels, nb=r_blocks)
         self.h = RGDNBlock(in_nc, hd_channels)
         self.d_alpha = RGDNBlock(in_nc, hd_channels)
@@ -133,7 +146,8 @@ class NRLGDNUnrolled(nn.Module):
         return block(x)
 
     def initial_estimate(self, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return eq22_init(y, k, boundary=self.boundary) if self.init_mode == "eq22" else y
+        """x⁰ for kernels forward() has already validated."""
+        return eq22_solve(y, k, boundary=self.boundary) if self.init_mode == "eq22" else y
 
     def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: int) -> torch.Tensor:
         """One NRL-GDN update unit x^t -> x^{t+1}; t = 0, 1, ... is the step index (unused here: the
@@ -158,7 +172,9 @@ class NRLGDNUnrolled(nn.Module):
                              f"(N×{self.in_nc}×H×W), got {tuple(y.shape)}")
         y = y.contiguous()
         x = self.initial_estimate(y, k)
-        monitor = _EarlyStop(self.stop_threshold) if self.early_stop_active() else None
+        synchronise = (self.early_stop_sync and self.training and torch.distributed.is_available()
+                       and torch.distributed.is_initialized())
+        monitor = _EarlyStop(self.stop_threshold, synchronise) if self.early_stop_active() else None
         use_checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
         steps = []
         for t in range(self.num_steps):

@@ -32,13 +32,14 @@ def _variance_from_snet(log_var: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.clamp(log_var, min=SIGMA_LOG_MIN, max=SIGMA_LOG_MAX))
 
 
-def _clip_groups(groups: Dict[str, tuple]) -> Dict[str, float]:
-    """Clip each sub-network's gradient norm separately; returns the norms before clipping."""
+def _clip_groups(groups: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
+    """Clip each sub-network's gradient norm separately; returns the norms before clipping (0-dim
+    tensors, read only when logged: no host sync per step)."""
     norms = {}
     for name, (module, max_norm) in groups.items():
         params = [p for p in module.parameters() if p.grad is not None]
         if params and max_norm is not None and max_norm > 0:
-            norms[name] = float(nn.utils.clip_grad_norm_(params, max_norm))
+            norms[name] = nn.utils.clip_grad_norm_(params, max_norm)
     return norms
 
 
@@ -66,7 +67,7 @@ class VIRNetDenoiser(nn.Module):
         x = mu if self.training else mu.clamp(0.0, 1.0)
         return {"x": x, "mu": mu, "sigma2": sigma2, "sigma_map": sigma_map}
 
-    def clip_gradients(self) -> Dict[str, float]:
+    def clip_gradients(self) -> Dict[str, torch.Tensor]:
         """Per-sub-network gradient-norm clipping (published: clip_grad_R, clip_grad_S)."""
         return _clip_groups({"grad_norm_R": (self.RNet, self.clip_grad_R),
                              "grad_norm_S": (self.SNet, self.clip_grad_S)})
@@ -130,7 +131,7 @@ class VIRNetSR(nn.Module):
         kernel = kernel_from_kinfo(kinfo, self.kernel_size, self.kernel_axes)
         return {"x": x, "mu": mu, "sigma2": sigma2, "sigma_map": sigma_map, "kinfo": kinfo, "kernel": kernel}
 
-    def clip_gradients(self) -> Dict[str, float]:
+    def clip_gradients(self) -> Dict[str, torch.Tensor]:
         """Per-sub-network gradient-norm clipping (published: clip_grad_R, clip_grad_S, clip_grad_K)."""
         return _clip_groups({"grad_norm_R": (self.RNet, self.clip_grad_R),
                              "grad_norm_S": (self.SNet, self.clip_grad_S),

@@ -33,10 +33,11 @@ def kernel_from_covariance(cov: torch.Tensor, size: int = 21, axes: str = "xy") 
 
 
 def _kernel_from_covariance(cov: torch.Tensor, size: int, axes: str) -> torch.Tensor:
-    inv, info = torch.linalg.inv_ex(cov)
-    if bool((info != 0).any()):  # singular (|rho| = 1): add the published jitter
-        eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
-        inv = torch.linalg.inv(cov + 1e-5 * eye)
+    # A batch with a singular Σ (|rho| = 1) gets the published jitter 1e-5·I on every matrix; decided on the
+    # device (0·I otherwise, adding exactly nothing), so no host sync
+    singular = (torch.linalg.inv_ex(cov.detach())[1] != 0).any()
+    eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
+    inv = torch.linalg.inv_ex(cov + singular.to(cov.dtype) * 1e-5 * eye)[0]
     offsets = torch.arange(size, dtype=cov.dtype, device=cov.device) - size // 2
     rows, cols = torch.meshgrid(offsets, offsets, indexing="ij")
     # first coordinate pairs with Σ[0, 0]: the column offset for "xy", the row offset for "ij"

@@ -17,6 +17,7 @@ Published quirks, selectable for reproducing the released SR weights (corrected 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Sequence, Tuple
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.losses import LossTerms
 from models.virnet_kernels import _check_axes, kernel_from_covariance, kinfo_from_kernel
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -44,8 +46,13 @@ def kl_inverse_gamma_equal_shape(beta_q: torch.Tensor, alpha: float, beta_p: tor
 def expected_gauss_nll(sq_err: torch.Tensor, alpha: float, beta: torch.Tensor) -> torch.Tensor:
     """mean E_{σ²~IG(alpha, beta)}[−log N(r | 0, σ²)] given E[r²] = sq_err (E[log σ²] = log β − ψ(α),
     E[σ⁻²] = α/β)."""
-    digamma_alpha = float(torch.special.digamma(torch.tensor(float(alpha), dtype=torch.float64)))
-    return (HALF_LOG_2PI + 0.5 * (beta.log() - digamma_alpha) + 0.5 * (alpha / beta) * sq_err).mean()
+    return (HALF_LOG_2PI + 0.5 * (beta.log() - _digamma(float(alpha))) + 0.5 * (alpha / beta) * sq_err).mean()
+
+
+@functools.lru_cache(maxsize=None)
+def _digamma(alpha: float) -> float:
+    """ψ(alpha) in float64, computed once per value (a constant of the loss, not of the batch)."""
+    return float(torch.special.digamma(torch.tensor(alpha, dtype=torch.float64)))
 
 
 def gaussian_window(size: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -78,7 +85,7 @@ def _mean_output(outputs: dict) -> torch.Tensor:
 
 
 def _scalars(**terms) -> Dict[str, float]:
-    return {name: float(value.detach()) for name, value in terms.items()}
+    return LossTerms(**terms)     # read lazily: no host sync per training step
 
 
 def _fp32(*tensors):
@@ -185,7 +192,10 @@ class VIRNetSISRLoss:
     def sample_kernel(self, kinfo: torch.Tensor) -> torch.Tensor:
         """Reparameterised kernel: var_j ~ IG(κ0−1, κ0·v̂_j), rho ~ N(ρ̂, r2) (clamped to [−1, 1])."""
         shape = torch.full_like(kinfo[:, :2], self.kappa0 - 1)
-        variances = 1.0 / torch.distributions.Gamma(shape, self.kappa0 * kinfo[:, :2]).rsample()
+        # validate_args=False: the positivity checks would cost a host sync per step; KNet's variances
+        # are positive by construction
+        gamma = torch.distributions.Gamma(shape, self.kappa0 * kinfo[:, :2], validate_args=False)
+        variances = 1.0 / gamma.rsample()
         rho = kinfo[:, 2:3] + math.sqrt(self.r2) * torch.randn_like(kinfo[:, 2:3])
         var1, var2 = variances[:, :1], variances[:, 1:]
         cross = var1.detach().sqrt() * var2.detach().sqrt() * rho.clamp(-1, 1)
@@ -197,7 +207,7 @@ class VIRNetSISRLoss:
 
     def _scale(self, batch: dict) -> int:
         scale = batch.get("scale", self.scale)
-        if torch.is_tensor(scale):
+        if torch.is_tensor(scale):   # collate keeps it an int; a tensor here (a host sync) comes from elsewhere
             scale = scale.flatten()[0].item()
         elif isinstance(scale, (list, tuple)):
             scale = scale[0]

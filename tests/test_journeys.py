@@ -25,6 +25,7 @@ CLONED = ("configs", "data", "engine", "models", "utils", "test_dataset", "deblu
 TINY = {"num_steps": 2, "r_channels": [4, 6, 8, 10], "r_blocks": 1, "hd_channels": 4}
 QUICK_EVAL = ["test_dataset.max_images=1", "test_dataset.kernel_indices=[0]"]
 QUICK_TRAIN = ["train_options.total_iters=3", "train_options.max_steps_per_epoch=1", "train_options.epoch_val=2",
+               "train_options.val_every_steps=0", "train_options.save_every_steps=0",
                "train_options.log_every=1", "train_options.tensorboard=false", "train_dataset.patch_size=32",
                "train_dataset.batch_size=2", "train_dataset.num_workers=0", "val_dataset.max_images=1",
                "val_dataset.patch_size=32"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 import warnings
 
 import torch
@@ -142,12 +143,19 @@ FFT_COST_FACTOR = 18.0  # FFT cost per plane·element·log2(size), in direct mul
 DIRECT_OVERHEAD_TAPS = 64
 DIRECT_SIMD_PLANES = 16
 FFT_MIN_KERNEL_TAPS = 36  # below 6×6 the two paths tie at best: stay direct (exact zero padding, no FFT noise)
+# The CPU cost model says nothing about a GPU: on these device types both paths are timed once per process
+# and problem size (a few ms, one sync) and the faster one is kept.
+MEASURED_DEVICE_TYPES = {"cuda"}
+_measured_choice = {}
 
 
-def fft_is_faster(h: int, w: int, kh: int, kw: int, planes: int = 3) -> bool:
-    """Whether the FFT path is expected to beat the direct one for `planes` (= N·C) images of H×W."""
+def fft_is_faster(h: int, w: int, kh: int, kw: int, planes: int = 3, device=None) -> bool:
+    """Whether the FFT path is expected to beat the direct one for `planes` (= N·C) images of H×W:
+    the fitted CPU cost model, or on `device` of a type in MEASURED_DEVICE_TYPES the measured answer."""
     if kh * kw < FFT_MIN_KERNEL_TAPS:
         return False
+    if device is not None and torch.device(device).type in MEASURED_DEVICE_TYPES:
+        return measured_fft_is_faster(h, w, kh, kw, planes, torch.device(device))
     fh, fw = _fft_shape(h, w, kh, kw)
     lanes = math.ceil(planes / DIRECT_SIMD_PLANES) * DIRECT_SIMD_PLANES
     direct = lanes * h * w * (kh * kw + DIRECT_OVERHEAD_TAPS)
@@ -155,10 +163,39 @@ def fft_is_faster(h: int, w: int, kh: int, kw: int, planes: int = 3) -> bool:
     return fft < direct
 
 
+def _seconds(fn, device: torch.device, repeats: int = 3) -> float:
+    """Best-of-`repeats` wall time of fn() on `device` (after one warm-up call)."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measured_fft_is_faster(h: int, w: int, kh: int, kw: int, planes: int, device: torch.device) -> bool:
+    """Time the direct and the FFT blur once for this size on `device` (float32, no autograd) and
+    remember the faster; later calls with the same size cost a dictionary lookup."""
+    key = (device.type, device.index, h, w, kh, kw, planes)
+    if key not in _measured_choice:
+        with torch.inference_mode(), no_autocast(device.type):
+            x = torch.rand(planes, 1, h, w, device=device)
+            k = torch.full((planes, 1, kh, kw), 1.0 / (kh * kw), device=device)
+            direct = _seconds(lambda: conv_direct(x, k), device)
+            fft = _seconds(lambda: conv_fft(x, k), device)
+        _measured_choice[key] = fft < direct
+    return _measured_choice[key]
+
+
 def conv(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """A x with zero padding; FFT path when it is cheaper (large kernels)."""
     kh, kw = (k.shape[-2], k.shape[-1])
-    if fft_is_faster(x.shape[-2], x.shape[-1], kh, kw, x.shape[0] * x.shape[1]):
+    if fft_is_faster(x.shape[-2], x.shape[-1], kh, kw, x.shape[0] * x.shape[1], x.device):
         return conv_fft(x, k)
     return conv_direct(x, k)
 
@@ -166,7 +203,7 @@ def conv(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def conv_adjoint(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Aᵀ y with zero padding; FFT path when it is cheaper."""
     kh, kw = (k.shape[-2], k.shape[-1])
-    if fft_is_faster(y.shape[-2], y.shape[-1], kh, kw, y.shape[0] * y.shape[1]):
+    if fft_is_faster(y.shape[-2], y.shape[-1], kh, kw, y.shape[0] * y.shape[1], y.device):
         return conv_fft(y, k, adjoint=True)
     return conv_adjoint_direct(y, k)
 
@@ -256,7 +293,8 @@ def check_blur_inputs(y: torch.Tensor, k, y_name: str = "y", k_name: str = "k") 
 
     One-line DataErrors (ValueErrors) for: a y that is not a tensor, wrong ranks, batch mismatch, kernels
     larger than the image, NaN/Inf entries, a sum that is not 1 (within SUM_TOLERANCE). Kernels with
-    negative entries are accepted with a warning (once)."""
+    negative entries are accepted with a warning (once). The value checks cost one host-device sync (one
+    per forward: models validate once and pass the checked kernels on, e.g. to `eq22_solve`)."""
     if not torch.is_tensor(y):
         raise DataError(f"{y_name}: expected a torch.Tensor, got {type(y).__name__}")
     if y.dim() != 4:
@@ -277,18 +315,21 @@ def check_blur_inputs(y: torch.Tensor, k, y_name: str = "y", k_name: str = "k") 
         raise DataError(f"{k_name} of size {kh}×{kw} is larger than the {h}×{w} image {y_name}")
     if kh == 0 or kw == 0:
         raise DataError(f"{k_name} is empty (shape {tuple(k.shape)})")
-    if not bool(torch.isfinite(k).all()):
-        raise DataError(f"{k_name} contains NaN or Inf values")
-    sums = k.sum(dim=(-2, -1)).flatten()
-    if bool((sums <= 0).any()):
-        raise DataError(f"{k_name} must have a positive sum (sum 1 expected), got sums {sums.tolist()[:4]}")
     tolerance = max(SUM_TOLERANCE, 4 * torch.finfo(given).eps) if given.is_floating_point else SUM_TOLERANCE
+    finite = torch.isfinite(k).flatten(1).all(dim=1)
+    sums = k.sum(dim=(-2, -1)).flatten()
     off = (sums - 1).abs()
-    if bool((off > tolerance).any()):
+    bad, negative = torch.stack([(~finite | (sums <= 0) | (off > tolerance)).any(), (k < 0).any()]).tolist()
+    if bad:                                  # the one sync above; the messages below only run on bad input
+        if not bool(finite.all()):
+            raise DataError(f"{k_name} contains NaN or Inf values")
+        if bool((sums <= 0).any()):
+            raise DataError(f"{k_name} must have a positive sum (sum 1 expected), got sums {sums.tolist()[:4]}")
         i = int(off.argmax())
         raise DataError(f"{k_name}[{i}] sums to {float(sums[i]):.6g}, not 1: a blur kernel must be normalised; "
                         f"pass k / k.sum(dim=(-2, -1), keepdim=True)")
-    warn_negative_kernel(k, k_name)
+    if negative:
+        warn_negative_kernel(k, k_name)
     return k
 
 
@@ -358,7 +399,14 @@ def eq22_init(y: torch.Tensor, k, reg: float = 0.002, n_tapers: int = 3, boundar
     columns by the horizontal padding (the published crop mixes the two), and even or 1-pixel kernels
     work here (the published code supports odd kernels only).
     """
-    k = check_blur_inputs(y, k)
+    return eq22_solve(y, check_blur_inputs(y, k), reg, n_tapers, boundary)
+
+
+@full_precision
+def eq22_solve(y: torch.Tensor, k: torch.Tensor, reg: float = 0.002, n_tapers: int = 3,
+               boundary: str = "zeros") -> torch.Tensor:
+    """`eq22_init` for kernels `check_blur_inputs` already returned (N×1×h×w on y's device): no second
+    validation, hence no second host-device sync in a model's forward."""
     blur_pair(boundary)  # checks the name
     kh, kw = k.shape[-2:]
     top, left = ((kh - 1) // 2, (kw - 1) // 2) if boundary == "zeros" else (0, 0)
