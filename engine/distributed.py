@@ -90,7 +90,10 @@ def wrap_model(model: nn.Module, device: torch.device, device_ids) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+    """The model inside DataParallel/DDP and our wrappers (models.with_precision, models.tiled)."""
+    from models.wrappers import ModelWrapper
+
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel, ModelWrapper)):
         model = model.module
     return model
 

@@ -1,4 +1,5 @@
-"""Public API: `build_model(name, **options)`, `load_pretrained(model, path)`, `list_models()`."""
+"""Public API: `build_model(name, **options)`, `load_pretrained(model, path)`, `list_models()`,
+`with_precision(net, "bf16")` (models/precision.py) and `tiled(net, tile=512)` (models/tiling.py)."""
 from models.registry import build_model, list_models, register_model, resolve_model
 
 
@@ -8,4 +9,17 @@ def load_pretrained(model, path, **kwargs):
     return _load(model, path, **kwargs)
 
 
-__all__ = ["build_model", "list_models", "register_model", "resolve_model", "load_pretrained"]
+def with_precision(net, precision):
+    from models.precision import with_precision as _with_precision
+
+    return _with_precision(net, precision)
+
+
+def tiled(net, tile=512, overlap=None):
+    from models.tiling import tiled as _tiled
+
+    return _tiled(net, tile, overlap)
+
+
+__all__ = ["build_model", "list_models", "register_model", "resolve_model", "load_pretrained", "with_precision",
+           "tiled"]
