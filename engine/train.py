@@ -30,6 +30,7 @@ from engine.tasks import check_model_for_task, model_scale
 from engine.tracking import RunLogger
 from engine.validate import validate
 from models.losses import build_loss
+from models.precision import autocast_for, resolve_precision
 from utils.config import ConfigError, public
 from utils.io import move_aside
 
@@ -164,10 +165,18 @@ def _batch_psnr(x: torch.Tensor, gt: torch.Tensor) -> float:
     return float(torch.mean(10 * torch.log10(1.0 / mse.clamp_min(1e-12))))
 
 
-def _autocast(device, amp: str):
-    if device.type != "cuda" or amp == "none":
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+def training_precision(opts, device) -> str:
+    """The concrete precision ("fp32", "bf16", "fp16") of train_options.precision, or of its older name
+    `amp` (bf16/fp16 on a GPU, ignored on the CPU, as it always was)."""
+    if opts["amp"] != "none":
+        if opts["precision"] != "fp32":
+            raise ConfigError(f"train_options.amp: '{opts['amp']}' and train_options.precision: '{opts['precision']}' "
+                              "both set; amp is the older name of precision, keep only precision")
+        return opts["amp"] if device.type == "cuda" else "fp32"
+    try:
+        return resolve_precision(opts["precision"], device)
+    except ValueError as err:
+        raise ConfigError(f"train_options.precision: {err}") from None
 
 
 def _export_path(folder: str, name: str, run_id: str) -> str:
@@ -239,7 +248,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
     total_steps = opts["total_iters"] if by_iters else opts["epochs"] * steps_per_epoch
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps if by_iters else opts["epochs"])
-    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and opts["amp"] == "fp16") else None
+    precision = training_precision(opts, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     run_dir = os.path.join(opts["checkpoint_dir"], _run_name(cfg))
     last_path, best_path = os.path.join(run_dir, "last.pth"), os.path.join(run_dir, "best.pth")
@@ -265,7 +275,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
     dist.barrier()
 
     log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"])
-    log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
+    log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device} "
+             f"({precision}{' from auto' if opts['precision'] == 'auto' else ''}), "
              f"processes {world}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
     if archived:
@@ -317,9 +328,9 @@ def _train(cfg, device, step_callback) -> TrainResult:
                 if mixup:
                     batch = mixup_batch(batch, mixup_rng(opts["seed"] + dist.rank(), step))
                 optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, opts["amp"]):
+                with autocast_for(precision, device):
                     outputs = run_model(wrapped, batch)
-                    loss, parts = loss_fn(outputs, batch)
+                loss, parts = loss_fn(outputs, batch)     # the loss in float32, outside autocast
                 if dist.any_true(not bool(torch.isfinite(loss)), device):   # every rank stops together
                     save(os.path.join(run_dir, "nonfinite.pth"), epoch, in_epoch)
                     dist.barrier()
