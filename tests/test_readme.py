@@ -388,3 +388,41 @@ def test_real_photo_command_with_the_published_boundary(tmp_path, capsys):
            if f == "photo_compact_nrlgdn.png"]
     assert len(out) == 1 and np.asarray(Image.open(out[0])).shape == (40, 48, 3)
     capsys.readouterr()
+
+
+def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
+    """README "Fast mode and large photos": the snippet (bf16, tiles) and the command (tile_size, precision
+    auto) give the whole-image fp32 result; tiles of 160 instead of 512 so that a small image is tiled."""
+    from tests.test_precision import compact, set12_crop
+    from utils.io import save_image
+    from utils.metrics import psnr
+
+    code = _readme_code("## Fast mode and large photos")
+    assert "x = tiled(fast, tile=512)(y, k)" in code
+    _, y, k = set12_crop("08", kernel=4, size=200)
+    net = compact()
+    namespace = {"net": net, "y": y, "k": k}
+    exec(compile(code.replace("tile=512", "tile=160"), "README.md (Fast mode)", "exec"), namespace)
+    with torch.no_grad():
+        reference = net(y, k)
+    assert namespace["x"].dtype == torch.float32 and psnr(namespace["x"][0].clamp(0, 1), reference[0].clamp(0, 1)) > 50
+
+    command = ("--test_config configs/test_real.json --set model.options.boundary=zeros \\\n"
+               "    --set test_dataset.tile_size=512 --set test_dataset.precision=auto")
+    assert command in README
+    photos, kernels = tmp_path / "real blurred image29", tmp_path / "kernels"
+    save_image(str(photos / "photo.png"), y[0, :, :180])
+    save_image(str(kernels / "photo.png"), (k / k.max())[0].float())
+    common = ["--test_config", "configs/test_real.json", "--set", "model.options.boundary=zeros",
+              "--set", f"test_dataset.root_path={tmp_path}", "--set", f"test_dataset.kernel_path={kernels}",
+              "--set", "test_dataset.save_figures=false"]
+    restored = {}
+    for name, extra in (("whole", []), ("tiled", ["--set", "test_dataset.tile_size=160",
+                                                  "--set", "test_dataset.precision=auto"])):
+        out_dir = tmp_path / name
+        assert deblurring.main(common + extra + ["--set", f"test_dataset.result_save_file={out_dir}"]) == 0
+        [path] = [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files if f == "photo_compact_nrlgdn.png"]
+        restored[name] = np.asarray(Image.open(path), dtype=np.int16)
+    assert restored["tiled"].shape == (180, 200, 3)
+    assert np.abs(restored["tiled"] - restored["whole"]).max() <= 2     # 8-bit levels (bf16 under auto here)
+    capsys.readouterr()
