@@ -105,7 +105,8 @@ def _train_losses(mode: str, folder: str, steps: int, quick: bool):
 
     overrides = [f"train_options.precision={mode}", f"train_options.total_iters={steps}", "train_options.epoch_val=0",
                  "train_options.tensorboard=false", f"train_options.checkpoint_dir={folder}",
-                 f"train_options.run_name=train_{mode}", "train_options.log_every=1000", "train_options.disable_cuda=true",
+                 f"train_options.run_name=train_{mode}", "train_options.log_every=1000",
+                 "train_options.disable_cuda=true",
                  f"model.model_save_file={folder}", f"model.init_from={COMPACT}", "train_dataset.num_workers=0",
                  f"train_dataset.patch_size={32 if quick else 96}", f"train_dataset.batch_size={2 if quick else 4}"]
     started = time.perf_counter()

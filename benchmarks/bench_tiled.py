@@ -126,7 +126,8 @@ def _set12_scores(folder: str, tile: int, quick: bool):
     from utils.config import load_config
 
     overrides = [f"test_dataset.tile_size={tile}", f"test_dataset.result_save_file={folder}",
-                 f"test_dataset.run_name=tile{tile}", f"test_dataset.root_path={folder}", "test_dataset.test_data=Set12_512",
+                 f"test_dataset.run_name=tile{tile}", f"test_dataset.root_path={folder}",
+                 "test_dataset.test_data=Set12_512",
                  "test_dataset.kernel_path=" + os.path.join(ROOT, "test_dataset", "kernels", "kernels_8.mat"),
                  "test_dataset.compare_models=[]", "test_dataset.save_images=false", "test_dataset.save_figures=false",
                  f"model.pretrained={COMPACT}", "train_options.disable_cuda=true"]

@@ -43,7 +43,8 @@ class RGDNBlock(nn.Module):
 
     def receptive_radius(self) -> int:
         """Pixels an output depends on, on each side: 2 per 5×5 layer."""
-        return sum(layer.kernel_size[0] // 2 for layer in self.main if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)))
+        convs = (nn.Conv2d, nn.ConvTranspose2d)
+        return sum(layer.kernel_size[0] // 2 for layer in self.main if isinstance(layer, convs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.main:

@@ -14,9 +14,10 @@ border tiles see the wrapped-around content its FFTs assume; the padding is crop
 
 Two ways to tile, and the exactness each gives:
 - Unrolled models exposing `initial_estimate`, `update(x, y, k, run_cnn)`, `tile_context(block)`,
-  `stop_monitor`, `num_steps` and `boundary` (the NRL-GDN family) keep everything global on the whole image — x⁰ (Eq. (22), one
-  channel at a time), the blur A and its adjoint with the model's own boundary, the early-stop rule — and
-  run only the CNN blocks (H, D, DRUNet) tile by tile, each with the overlap its receptive field needs.
+  `stop_monitor`, `num_steps` and `boundary` (the NRL-GDN family) keep everything global on the whole
+  image — x⁰ (Eq. (22), one channel at a time), the blur A and its adjoint with the model's own boundary,
+  the early-stop rule — and run only the CNN blocks (H, D, DRUNet) tile by tile, each with the overlap its
+  receptive field needs.
   Tiles start on multiples of 8 (DRUNet's grid) and the tiles at the image border end there, so the
   CNNs pad the border exactly as in the whole-image run. H and D are then exact (their 14-pixel receptive
   radius lies inside the discarded part); DRUNet's theoretical reach (148 px compact, 192 paper-size) is
@@ -144,6 +145,9 @@ class _Canvas:
 
     def add(self, out, w: torch.Tensor, rows: slice, cols: slice) -> None:
         hw = (rows.stop - rows.start, cols.stop - cols.start)
+        if not (torch.is_tensor(out) or isinstance(out, dict)):
+            raise ValueError(f"tiled: {self.owner} returned a {type(out).__name__}; tiled inference merges a Tensor "
+                             "or a dict with key 'x' (the model contract)")
         self.as_dict = isinstance(out, dict)
         for key, value in (out.items() if self.as_dict else [(None, out)]):
             if isinstance(value, (list, tuple)) and value and all(_is_image(v, hw) for v in value):

@@ -106,7 +106,8 @@ def test_auto_follows_the_probe(monkeypatch, speedup, expected):
 
 def test_probe_measures_once_per_device(monkeypatch):
     calls = []
-    monkeypatch.setattr(precision, "_time_conv", lambda x, w, dtype: calls.append(dtype) or (1.0 if dtype is None else 0.5))
+    monkeypatch.setattr(precision, "_time_conv",
+                        lambda x, w, dtype: calls.append(dtype) or (1.0 if dtype is None else 0.5))
     precision._probe.cache_clear()
     try:
         assert precision.probe_bf16_speedup("cpu") == 2.0

@@ -405,7 +405,8 @@ def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
     exec(compile(code.replace("tile=512", "tile=160"), "README.md (Fast mode)", "exec"), namespace)
     with torch.no_grad():
         reference = net(y, k)
-    assert namespace["x"].dtype == torch.float32 and psnr(namespace["x"][0].clamp(0, 1), reference[0].clamp(0, 1)) > 50
+    x = namespace["x"]
+    assert x.dtype == torch.float32 and psnr(x[0].clamp(0, 1), reference[0].clamp(0, 1)) > 50
 
     command = ("--test_config configs/test_real.json --set model.options.boundary=zeros \\\n"
                "    --set test_dataset.tile_size=512 --set test_dataset.precision=auto")
@@ -421,7 +422,8 @@ def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
                                                   "--set", "test_dataset.precision=auto"])):
         out_dir = tmp_path / name
         assert deblurring.main(common + extra + ["--set", f"test_dataset.result_save_file={out_dir}"]) == 0
-        [path] = [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files if f == "photo_compact_nrlgdn.png"]
+        [path] = [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files
+                  if f == "photo_compact_nrlgdn.png"]
         restored[name] = np.asarray(Image.open(path), dtype=np.int16)
     assert restored["tiled"].shape == (180, 200, 3)
     assert np.abs(restored["tiled"] - restored["whole"]).max() <= 2     # 8-bit levels (bf16 under auto here)

@@ -115,6 +115,11 @@ def test_outputs_that_cannot_be_merged_are_refused_clearly():
     with pytest.raises(ValueError, match=r"^tiled: _Extras returned \(1, 3\) as its output 'kinfo' for a 64×64 tile; "
                                          r"only images of the tile's size \(or lists of them\) can be merged$"):
         tiled(_Extras("kinfo"), tile=64, overlap=16)(y, k)
+    tuple_model = _Extras("a")
+    tuple_model.forward = lambda y, k: (y, y)
+    with pytest.raises(ValueError, match=r"^tiled: _Extras returned a tuple; tiled inference merges a Tensor or a "
+                                         r"dict with key 'x' \(the model contract\)$"):
+        tiled(tuple_model, tile=64, overlap=16)(y, k)
     three_inputs = _Extras("a")
     three_inputs.input_keys = ("y", "k", "sigma")
     with pytest.raises(ValueError, match=r"^tiled: _Extras takes inputs \('y', 'k', 'sigma'\); tiled inference "
