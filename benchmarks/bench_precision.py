@@ -109,9 +109,10 @@ def _train_losses(mode: str, folder: str, steps: int, quick: bool):
                  "train_options.disable_cuda=true",
                  f"model.model_save_file={folder}", f"model.init_from={COMPACT}", "train_dataset.num_workers=0",
                  f"train_dataset.patch_size={32 if quick else 96}", f"train_dataset.batch_size={2 if quick else 4}"]
-    started = time.perf_counter()
-    run = train(load_config(TRAIN_CONFIG, None, overrides))
-    return [h["loss"] for h in run.history], (time.perf_counter() - started) / steps
+    stamps = [time.perf_counter()]
+    run = train(load_config(TRAIN_CONFIG, None, overrides), step_callback=lambda *_: stamps.append(time.perf_counter()))
+    per_step = [b - a for a, b in zip(stamps[1:], stamps[2:])] or [stamps[-1] - stamps[0]]   # after step 1 (warm-up)
+    return [h["loss"] for h in run.history], statistics.median(per_step)
 
 
 def bench_training(steps: int, quick: bool, modes):
@@ -127,7 +128,7 @@ def bench_training(steps: int, quick: bool, modes):
         first, second = (statistics.mean(runs[mode][0][steps // 2:]) for mode in modes)
         print(f"  mean loss over the second half: fp32 {first:.5f}  bf16 {second:.5f} "
               f"({(second - first) / first:+.2%})")
-    print("  time per step: " + "  ".join(f"{mode} {runs[mode][1]:.2f}s" for mode in modes)
+    print("  time per step (median after the first): " + "  ".join(f"{mode} {runs[mode][1]:.2f}s" for mode in modes)
           + (f"  speed-up {runs['fp32'][1] / runs['bf16'][1]:.2f}×" if "bf16" in runs else ""))
 
 
