@@ -142,7 +142,6 @@ def wrap_model(model: nn.Module, device: torch.device, device_ids, find_unused_p
     return model
 
 
-
 def select_device(disable_cuda: bool, device_ids) -> torch.device:
     """CPU when asked or when CUDA is absent; under torchrun the LOCAL_RANK GPU; else device_ids[0]."""
     if disable_cuda or not torch.cuda.is_available():

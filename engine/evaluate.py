@@ -25,8 +25,9 @@ from engine.modeling import (ModelSpec, build_for_evaluation, check_channels, de
 from engine.protocols import Protocol, build_protocols, metric_color
 from engine.reporting import overall_markdown, protocol_markdown, summarize, write_photo_report, write_reports
 from engine.tasks import check_model_for_task, task_of
-from models import resolve_model
+from models import resolve_model, tiled, with_precision
 from models.contract import hook
+from models.precision import resolve_precision
 from models.published import PUBLISHED
 from utils.config import ConfigError, command_line, override_text, public
 from utils.imresize import resize_to
@@ -105,7 +106,25 @@ def model_specs(cfg) -> List[ModelSpec]:
 
 
 def load_models(cfg, device) -> List[tuple]:
-    return [(spec, build_for_evaluation(spec, device, missing_checkpoint_hint(cfg, spec))) for spec in model_specs(cfg)]
+    """(spec, model) of every configured model, in test_dataset.precision and tiled by test_dataset.tile_size."""
+    return [(spec, for_inference(build_for_evaluation(spec, device, missing_checkpoint_hint(cfg, spec)), cfg, device))
+            for spec in model_specs(cfg)]
+
+
+def for_inference(model, cfg, device):
+    """The model running in test_dataset.precision, and in tiles of test_dataset.tile_size when > 0."""
+    tcfg = cfg["test_dataset"]
+    try:
+        resolve_precision(tcfg["precision"], device)     # fp16 on a CPU fails here, not after the first image
+    except ValueError as err:
+        raise ConfigError(f"test_dataset.precision: {err}") from None
+    model = with_precision(model, tcfg["precision"])
+    if tcfg["tile_size"]:
+        try:
+            model = tiled(model, tcfg["tile_size"])
+        except ValueError as err:
+            raise ConfigError(f"test_dataset.tile_size: {err}") from None
+    return model
 
 
 def restore(model, batch, pad: int, ensemble: bool = False) -> Dict[str, Any]:
@@ -231,6 +250,9 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
     say = print if verbose else (lambda *a, **k: None)
     say(f"evaluating {', '.join(s.title for s, _ in models)} on {len(protocols)} protocol(s) -> {run_dir}"
         + (f" (earlier results there moved to {archived})" if archived else ""))
+    if tcfg["precision"] != "fp32" or tcfg["tile_size"]:
+        say(f"precision {_precision_note(tcfg['precision'], device)}"
+            + (f", tiles of {tcfg['tile_size']}² pixels" if tcfg["tile_size"] else ""))
 
     for protocol in protocols:
         folder = os.path.join(run_dir, _safe(protocol.name))
@@ -297,6 +319,8 @@ def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
              + (", 8-bit quantised" if tcfg["quantize"] else "")
              + (", ×8 self-ensemble" if tcfg["self_ensemble"] else ""),
              _data_note(tcfg, task, protocols),
+             f"precision {_precision_note(tcfg['precision'], device)}"
+             + (f", tiles of {tcfg['tile_size']}² pixels" if tcfg["tile_size"] else ", whole images"),
              f"wall time {result.seconds:.1f} s on {device}"]
     if result.records or result.step_curves:
         result.files = write_reports(run_dir, result.records, f"Evaluation: {run_name}", notes,
@@ -324,6 +348,11 @@ def _data_note(tcfg, task: str, protocols) -> str:
         return f"images: {images}; no blur"
     default = "VIRNet's SR test kernels" if task == "sisr" else "embedded default kernels"
     return f"images: {images}; kernels: {tcfg['kernel_path'] or default}, {tcfg['blur']} boundary"
+
+
+def _precision_note(precision: str, device) -> str:
+    mode = resolve_precision(precision, device)
+    return f"auto -> {mode}" if precision == "auto" else mode
 
 
 def _as_image(sigma: torch.Tensor) -> torch.Tensor:

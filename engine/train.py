@@ -34,6 +34,7 @@ from engine.tracking import RunLogger
 from engine.validate import validate
 from models.contract import has_hook, hook
 from models.losses import LossTerms, build_loss
+from models.precision import autocast_for, resolve_precision
 from utils.config import ConfigError, command_line, override_text, public
 from utils.io import WriteError, check_writable, holds_run, move_aside, remove_stale_temp_files
 
@@ -218,10 +219,18 @@ def _batch_psnr(x: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.mean(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))
 
 
-def _autocast(device, amp: str):
-    if device.type != "cuda" or amp == "none":
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+def training_precision(opts, device) -> str:
+    """The concrete precision ("fp32", "bf16", "fp16") of train_options.precision, or of its older name
+    `amp` (bf16/fp16 on a GPU, ignored on the CPU, as it always was)."""
+    if opts["amp"] != "none":
+        if opts["precision"] != "fp32":
+            raise ConfigError(f"train_options.amp: '{opts['amp']}' and train_options.precision: '{opts['precision']}' "
+                              "both set; amp is the older name of precision, keep only precision")
+        return opts["amp"] if device.type == "cuda" else "fp32"
+    try:
+        return resolve_precision(opts["precision"], device)
+    except ValueError as err:
+        raise ConfigError(f"train_options.precision: {err}") from None
 
 
 def _export_path(folder: str, name: str, run_id: str) -> str:
@@ -330,7 +339,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
     total_steps = opts["total_iters"] if by_iters else opts["epochs"] * steps_per_epoch
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps if by_iters else opts["epochs"])
-    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and opts["amp"] == "fp16") else None
+    precision = training_precision(opts, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     last_path = os.path.join(run_dir, "last.pth")
     epoch, step, skip_batches, best = 0, 0, 0, None
@@ -352,7 +362,8 @@ def _train(cfg, device, step_callback) -> TrainResult:
 
     log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"],
                     resume_step=step if opts["resume"] else None)
-    log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device}, "
+    log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device} "
+             f"({precision}{' from auto' if opts['precision'] == 'auto' else ''}), "
              f"processes {world}{dist.describe()}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
              f"epoch {epoch + 1} step {step}")
     if archived:
@@ -368,7 +379,7 @@ def _train(cfg, device, step_callback) -> TrainResult:
     loop = _Loop(cfg=cfg, device=device, model=model, spec=spec, loss_fn=loss_fn, optimizer=optimizer,
                  scheduler=scheduler, scaler=scaler, log=log, run_dir=run_dir, run_id=run_id, val_set=val_set,
                  wrapped=dist.wrap_model(model, device, ids, opts["find_unused_parameters"]),
-                 cuda_devices=cuda_devices, step_callback=step_callback, by_iters=by_iters,
+                 cuda_devices=cuda_devices, step_callback=step_callback, by_iters=by_iters, precision=precision,
                  total_steps=total_steps, steps_per_epoch=steps_per_epoch, epoch=epoch, step=step, best=best)
     return loop.run(loader, sampler, skip_batches)
 
@@ -429,12 +440,13 @@ class _Loop:
     also when non-finite losses are caught and (under DDP) stop requests are agreed on."""
 
     def __init__(self, *, cfg, device, model, spec, loss_fn, optimizer, scheduler, scaler, log, run_dir, run_id,
-                 val_set, wrapped, cuda_devices, step_callback, by_iters, total_steps, steps_per_epoch, epoch, step,
-                 best):
+                 val_set, wrapped, cuda_devices, step_callback, by_iters, precision, total_steps, steps_per_epoch, epoch,
+                 step, best):
         self.cfg, self.opts, self.device, self.model, self.spec = cfg, cfg["train_options"], device, model, spec
         self.loss_fn, self.optimizer, self.scheduler, self.scaler = loss_fn, optimizer, scheduler, scaler
         self.log, self.run_dir, self.run_id, self.val_set, self.wrapped = log, run_dir, run_id, val_set, wrapped
         self.cuda_devices, self.step_callback, self.by_iters = cuda_devices, step_callback, by_iters
+        self.precision = precision
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.epoch, self.step, self.best, self.in_epoch = epoch, step, best, 0
         self.last_path, self.best_path = os.path.join(run_dir, "last.pth"), os.path.join(run_dir, "best.pth")
@@ -504,9 +516,9 @@ class _Loop:
         if self.cfg["train_dataset"]["mixup"]:
             batch = mixup_batch(batch, mixup_rng(self.opts["seed"] + dist.rank(), self.step))
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.opts["amp"]):
+        with autocast_for(self.precision, self.device):
             outputs = run_model(self.wrapped, batch)
-            loss, parts = self.loss_fn(outputs, batch)
+        loss, parts = self.loss_fn(outputs, batch)     # the loss in float32, outside autocast
         self.window.add(self.epoch + 1, self.step + 1, loss, parts)
         logging = (self.step + 1) % self.opts["log_every"] == 0 or self.step == 0
         stop = False

@@ -1,5 +1,6 @@
 """Public API: `build_model(name, **options)`, `load_model(path, **options)`, `load_pretrained(model, path)`,
-`list_models()`, `register_model(name, target)`."""
+`list_models()`, `register_model(name, target)`, `with_precision(net, "bf16")` (models/precision.py) and
+`tiled(net, tile=512)` (models/tiling.py)."""
 from models.registry import build_model, list_models, register_model, resolve_model
 
 
@@ -17,4 +18,17 @@ def load_model(path, name=None, **kwargs):
     return _load(path, name, **kwargs)
 
 
-__all__ = ["build_model", "list_models", "register_model", "resolve_model", "load_pretrained", "load_model"]
+def with_precision(net, precision):
+    from models.precision import with_precision as _with_precision
+
+    return _with_precision(net, precision)
+
+
+def tiled(net, tile=512, overlap=None):
+    from models.tiling import tiled as _tiled
+
+    return _tiled(net, tile, overlap)
+
+
+__all__ = ["build_model", "list_models", "register_model", "resolve_model", "load_pretrained", "load_model",
+           "with_precision", "tiled"]

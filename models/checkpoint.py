@@ -127,19 +127,21 @@ def model_recipe(checkpoint, path, name: Optional[str] = None,
 
 
 def load_model(path, name: Optional[str] = None, *, strict: bool = True, map_location="cpu",
-               **options) -> torch.nn.Module:
+               precision: str = "fp32", **options) -> torch.nn.Module:
     """The model stored at `path`, built and loaded, in eval mode.
 
     Our checkpoints store the model name and options; the published files only weights, so their model
     comes from their published file name or from `name`. Every other keyword is a model option that
-    replaces the stored one (e.g. boundary="zeros", num_steps=10). See `model_recipe`."""
+    replaces the stored one (e.g. boundary="zeros", num_steps=10). See `model_recipe`.
+    `precision` ("fp32", "bf16", "fp16", "auto"): the model runs so (`models.precision.with_precision`)."""
+    from models.precision import with_precision
     from models.registry import build_model
 
     checkpoint = load_checkpoint(path, map_location)
     name, options = model_recipe(checkpoint, path, name, options)
     model = build_model(name, **options)
     load_pretrained(model, path, strict=strict, map_location=map_location, checkpoint=checkpoint)
-    return model.eval()
+    return with_precision(model, precision).eval()
 
 
 def load_pretrained(model: torch.nn.Module, path, strict: bool = True, map_location="cpu",

@@ -49,8 +49,10 @@ class RestorationModel(Protocol):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel wrappers."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+    """The model inside DataParallel/DDP and our wrappers (models.with_precision, models.tiled)."""
+    from models.wrappers import ModelWrapper
+
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel, ModelWrapper)):
         model = model.module
     return model
 

@@ -49,7 +49,7 @@ class DRUNet(nn.Module):
             raise ValueError(f"DRUNet nc must list 4 positive channel counts, got {nc}")
         if nb < 1:
             raise ValueError(f"DRUNet nb (ResBlocks per scale) must be >= 1, got {nb}")
-        self.in_nc, self.out_nc = in_nc, out_nc
+        self.in_nc, self.out_nc, self.nb = in_nc, out_nc, int(nb)
 
         def blocks(c):
             return [ResBlock(c, bias) for _ in range(nb)]
@@ -63,6 +63,11 @@ class DRUNet(nn.Module):
         self.m_up2 = _sequential(nn.ConvTranspose2d(nc[2], nc[1], 2, 2, 0, bias=bias), *blocks(nc[1]))
         self.m_up1 = _sequential(nn.ConvTranspose2d(nc[1], nc[0], 2, 2, 0, bias=bias), *blocks(nc[0]))
         self.m_tail = nn.Conv2d(nc[0], out_nc, 3, 1, 1, bias=bias)
+
+    def receptive_radius(self) -> int:
+        """Pixels an output depends on at most, on each side: 2·nb 3×3 convs per scale on the way down and
+        up (scales 1, 2, 4) and at the bottom (8), the 2×2 resampling convs and the head and tail convs."""
+        return 44 * self.nb + 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_nc:

@@ -340,7 +340,8 @@ def test_every_python_block_of_the_readme_is_run_by_a_test():
 
     runners = {"## Python API": test_python_api_block_runs_as_written_in_a_fresh_clone,
                "### A new unrolled variant": test_journeys.test_variant_in_a_new_file_trains_and_evaluates_by_name,
-               "### From Python": test_from_python_snippet_evaluates_and_trains}
+               "### From Python": test_from_python_snippet_evaluates_and_trains,
+               "## Fast mode and large photos": test_fast_mode_snippet_and_large_photo_command}
     headings, heading = [], None
     for line in README.splitlines():
         if re.match(r"#{2,4} ", line):
@@ -442,3 +443,43 @@ def test_gpu_promises_name_the_configs_and_tests_that_keep_them():
     assert "validation / `last.pth` every 2,000 / 1,000 steps" in README
     for name in ("tests/test_gpu_ready.py", "tests/test_device.py", "tests/test_ddp.py"):
         assert f"`{name}`" in README and os.path.isfile(os.path.join(ROOT, name))
+
+
+def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
+    """README "Fast mode and large photos": the snippet (bf16, tiles) and the command (tile_size, precision
+    auto) give the whole-image fp32 result; tiles of 160 instead of 512 so that a small image is tiled."""
+    from tests.test_precision import compact, set12_crop
+    from utils.io import save_image
+    from utils.metrics import psnr
+
+    code = _readme_code("## Fast mode and large photos")
+    assert "x = tiled(fast, tile=512)(y, k)" in code
+    _, y, k = set12_crop("08", kernel=4, size=200)
+    net = compact()
+    namespace = {"net": net, "y": y, "k": k}
+    exec(compile(code.replace("tile=512", "tile=160"), "README.md (Fast mode)", "exec"), namespace)
+    with torch.no_grad():
+        reference = net(y, k)
+    x = namespace["x"]
+    assert x.dtype == torch.float32 and psnr(x[0].clamp(0, 1), reference[0].clamp(0, 1)) > 50
+
+    command = ("--test_config configs/test_real.json --set model.options.boundary=zeros \\\n"
+               "    --set test_dataset.tile_size=512 --set test_dataset.precision=auto")
+    assert command in README
+    photos, kernels = tmp_path / "real blurred image29", tmp_path / "kernels"
+    save_image(str(photos / "photo.png"), y[0, :, :180])
+    save_image(str(kernels / "photo.png"), (k / k.max())[0].float())
+    common = ["--test_config", "configs/test_real.json", "--set", "model.options.boundary=zeros",
+              "--set", f"test_dataset.root_path={tmp_path}", "--set", f"test_dataset.kernel_path={kernels}",
+              "--set", "test_dataset.save_figures=false"]
+    restored = {}
+    for name, extra in (("whole", []), ("tiled", ["--set", "test_dataset.tile_size=160",
+                                                  "--set", "test_dataset.precision=auto"])):
+        out_dir = tmp_path / name
+        assert deblurring.main(common + extra + ["--set", f"test_dataset.result_save_file={out_dir}"]) == 0
+        [path] = [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files
+                  if f == "photo_compact_nrlgdn.png"]
+        restored[name] = np.asarray(Image.open(path), dtype=np.int16)
+    assert restored["tiled"].shape == (180, 200, 3)
+    assert np.abs(restored["tiled"] - restored["whole"]).max() <= 2     # 8-bit levels (bf16 under auto here)
+    capsys.readouterr()

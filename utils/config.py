@@ -223,8 +223,13 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                          "and the state before the step is saved to nonfinite.pth); under DDP SIGINT/SIGTERM "
                          "are acted on at these steps too.", min=1),
         "tensorboard": Key(True, "bool", "Write TensorBoard scalars and image grids to `<run folder>/tb`."),
-        "amp": Key("none", "str", "Mixed precision on GPU (ignored on CPU): autocast, with a GradScaler for fp16; "
-                   "blur operators and FFTs stay float32, and DataParallel replicas keep the dtype.",
+        "precision": Key("fp32", "str", "Training precision (`models.precision`): `fp32` exact; `bf16` / `fp16` "
+                         "run the model under autocast (fp16: CUDA only, with a gradient scaler) while the blur "
+                         "operators, FFTs, Eq. (22) init, early-stop test and the loss stay float32; `auto`: bf16 "
+                         "when a short probe finds bf16 convolutions faster on this device, else fp32.",
+                         choices=("fp32", "bf16", "fp16", "auto")),
+        "amp": Key("none", "str", "Older name of `precision`, kept so earlier configs load: `bf16` / `fp16` apply "
+                   "on a GPU only (ignored on CPU), `none` = fp32; set one of the two, not both.",
                    choices=("none", "bf16", "fp16")),
         "max_steps_per_epoch": Key(0, "int", "Cut every epoch after N steps (0: full epochs).", min=0),
         "early_stop_sync": Key(False, "bool", "DDP only: NRL-GDN's early stop all-reduces ‖Ax − y‖² over "
@@ -314,6 +319,14 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                          "Empty: the paired folder root_path/test_data with `noisy/` and `gt/` images."),
         "clean_mat": Key("", "str", "The matching ground-truth blocks (SIDD `ValidationGtBlocksSrgb.mat`), "
                          "same shape as noisy_mat."),
+        "precision": Key("fp32", "str", "Precision every model runs in (`models.precision`): `fp32` exact "
+                         "(the published numbers); `bf16` (`fp16`: CUDA only) runs the CNNs under autocast while "
+                         "blur operators, FFTs, the Eq. (22) init and the early-stop test stay float32; `auto`: "
+                         "bf16 when a short probe finds bf16 convolutions faster on this device, else fp32.",
+                         choices=("fp32", "bf16", "fp16", "auto")),
+        "tile_size": Key(0, "int", "Restore images larger than this in tiles of tile_size² pixels (a multiple of "
+                         "8, at least 16), blended without seams, so memory stays bounded (`models.tiled`; "
+                         "NRL-GDN: within ~1e-5 of the whole-image result). 0: whole images.", min=0),
         "self_ensemble": Key(False, "bool", "Restore each input under the 8 flips/rotations (the kernel "
                              "transformed alike) and average the inverse-transformed outputs "
                              "(VIRNet's `--flip` real-noise results); 8× the time."),
