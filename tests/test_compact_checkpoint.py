@@ -44,11 +44,13 @@ def test_shipped_compact_model_beats_its_input_and_wiener_under_a_sigma_map():
     assert sum(gains_wiener) / len(gains_wiener) > 1.0, gains_wiener
 
 
-@pytest.mark.parametrize("noise", [{"type": "uniform", "sigma": 2.55},
-                                   {"type": "sigma_map", "map": "gauss", "range": [5, 25]}], ids=["uniform", "gauss"])
-def test_shipped_compact_model_beats_the_classics_on_every_levin_kernel(noise):
+@pytest.mark.parametrize("noise, margin", [({"type": "uniform", "sigma": 2.55}, 1.5),
+                                           ({"type": "sigma_map", "map": "gauss", "range": [5, 25]}, 3.0)],
+                         ids=["uniform", "gauss"])
+def test_shipped_compact_model_beats_the_classics_on_every_levin_kernel(noise, margin):
     """Table 4's data (shipped Set12 × Levin's 8 kernels, circular blur, luma), on 128×128 centre crops of
-    three images for speed: every kernel's mean PSNR is above Wiener's and Eq. (22)'s."""
+    three images for speed: every kernel's mean PSNR is `margin` dB above Wiener's and Eq. (22)'s (measured
+    for stage 6: at least 1.95 and 3.77 dB here; 1.85 and 3.29 dB above the best classic on the full set)."""
     net = _shipped_model()
     classics = {name: build_model(name) for name in ("wiener", "eq22_init")}
     images = {p.stem: centre_crop(read_image(p), 128)
@@ -66,7 +68,7 @@ def test_shipped_compact_model_beats_the_classics_on_every_levin_kernel(noise):
             for name, model in classics.items():
                 gains.setdefault((name, item["kernel_index"]), []).append(ours - score(model(y, k)))
     means = {key: sum(v) / len(v) for key, v in gains.items()}
-    assert len(means) == 16 and min(means.values()) > 0.5, means
+    assert len(means) == 16 and min(means.values()) > margin, means
 
 
 def test_configured_options_override_the_stored_ones_key_by_key():

@@ -228,7 +228,7 @@ def test_compact_recipe_chains_its_stages_into_the_default_run():
     def cfg(name):
         return load_config(os.path.join(ROOT, "configs", name), None)
 
-    names = [f"train_compact_stage{i}.json" for i in range(1, 5)] + ["train_compact.json"]
+    names = [f"train_compact_stage{i}.json" for i in range(1, 6)] + ["train_compact.json"]
     stages, default = [cfg(n) for n in names], cfg("traincolor.json")
     export = lambda c: os.path.join(c["model"]["model_save_file"], c["train_options"]["run_name"] + ".pth")
     assert not stages[0]["model"]["init_from"]          # stage 1 starts from scratch
@@ -238,8 +238,8 @@ def test_compact_recipe_chains_its_stages_into_the_default_run():
         if cur["model"].get("init_grow"):       # growth adds ResBlocks and changes nothing else
             assert after["r_blocks"] > before["r_blocks"] and after == {**before, "r_blocks": after["r_blocks"]}
             load_grown(build_model("NRL_GDN", **after), os.path.join(ROOT, export(prev)))
-        else:
-            assert after == before
+        else:       # fine-tuning may change the boundary model only (it has no parameters)
+            assert {**after, "boundary": None} == {**before, "boundary": None}
     assert default["model"]["pretrained"] == export(stages[-1])
     # the default run evaluates circularly blurred data, so it solves with the periodic operators
     assert default["model"]["options"] == {**stages[-1]["model"]["options"], "boundary": "circular"}

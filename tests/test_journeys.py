@@ -41,8 +41,8 @@ def clone(tmp_path):
         (shutil.copytree(source, root / name, ignore=ignore) if os.path.isdir(source)
          else shutil.copyfile(source, root / name))
     (root / "pretrainedmodels").mkdir()
-    shutil.copyfile(os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth"),
-                    root / "pretrainedmodels" / "compact_nrlgdn.pth")
+    for weights in ("compact_nrlgdn.pth", "compact_nrlgdn_stage5.pth"):     # the default and the real-photo model
+        shutil.copyfile(os.path.join(ROOT, "pretrainedmodels", weights), root / "pretrainedmodels" / weights)
     assert not (tmp_path / "shared").exists()
     return root
 
@@ -126,11 +126,11 @@ def test_load_model_builds_our_checkpoints_and_published_files(tmp_path):
     stored = load_checkpoint(shipped)
     net = load_model(shipped)
     assert type(net).__name__ == "NRL_GDN" and not net.training
-    stored = stored["model_options"]                                         # no boundary stored: the default
-    assert (net.num_steps, net.boundary, net.r.m_head.out_channels) == (6, "zeros", 16) == \
-        (stored["num_steps"], stored.get("boundary", "zeros"), stored["r_channels"][0])
-    changed = load_model(shipped, boundary="circular", num_steps=3)       # key by key; the rest as stored
-    assert (changed.boundary, changed.num_steps, changed.r.m_head.out_channels) == ("circular", 3, 16)
+    stored = stored["model_options"]                              # stage 6 was trained with boundary circular
+    assert (net.num_steps, net.boundary, net.r.m_head.out_channels) == (6, "circular", 16) == \
+        (stored["num_steps"], stored["boundary"], stored["r_channels"][0])
+    changed = load_model(shipped, boundary="zeros", num_steps=3)          # key by key; the rest as stored
+    assert (changed.boundary, changed.num_steps, changed.r.m_head.out_channels) == ("zeros", 3, 16)
     for key, value in net.state_dict().items():
         assert torch.equal(value, changed.state_dict()[key])
 
@@ -324,16 +324,18 @@ def test_own_photo_is_one_command(clone, monkeypatch, capsys):
     assert deblurring.main(["--input", "photo.png", "--kernel", "kernel.png"]) == 0
     captured = capsys.readouterr()
     assert "note: real blur is not periodic: using model.options.boundary=zeros" in captured.err
+    assert "note: using pretrainedmodels/compact_nrlgdn_stage5.pth, our checkpoint trained with the zero-padded" \
+        in captured.err
     run_dir = clone / "results" / "photo"
-    files = {"compact_nrlgdn": "real/kernel_real/photo_compact_nrlgdn.png", "wiener": "real/kernel_real/photo_wiener.png",
-             "figure": "real/figures/photo_kernel_real.png"}
+    files = {"compact_nrlgdn_stage5": "real/kernel_real/photo_compact_nrlgdn_stage5.png",
+             "wiener": "real/kernel_real/photo_wiener.png", "figure": "real/figures/photo_kernel_real.png"}
     assert "photo: " + ", ".join(os.path.join("results", "photo", f) for f in files.values()) in captured.out
-    assert f"| photo | 17×17 | {files['compact_nrlgdn']} | {files['wiener']} | {files['figure']} |" in \
+    assert f"| photo | 17×17 | {files['compact_nrlgdn_stage5']} | {files['wiener']} | {files['figure']} |" in \
         (run_dir / "summary.md").read_text()
     report = json.loads((run_dir / "results.json").read_text())
     assert report["photos"] == [{"photo": "photo", "kernel": "17×17", "files": files}]
     assert report["config"]["model"]["options"]["boundary"] == "zeros"
-    restored = np.asarray(Image.open(run_dir / files["compact_nrlgdn"])).astype(float) / 255
+    restored = np.asarray(Image.open(run_dir / files["compact_nrlgdn_stage5"])).astype(float) / 255
     blurred = np.asarray(Image.open(clone / "photo.png")).astype(float) / 255
     truth = sharp[0].permute(1, 2, 0).numpy()
     assert restored.shape == (72, 88, 3)

@@ -24,7 +24,7 @@ COMPACT = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
 
 def compact(boundary="circular"):
     options = torch.load(COMPACT, map_location="cpu", weights_only=True)["model_options"]
-    return load_pretrained(build_model("NRL_GDN", boundary=boundary, **options), COMPACT).eval()
+    return load_pretrained(build_model("NRL_GDN", **{**options, "boundary": boundary}), COMPACT).eval()
 
 
 def set12_crop(image="05", kernel=3, size=96, sigma=5.0):
@@ -163,3 +163,17 @@ def test_amp_and_precision_are_one_switch(tmp_path):
     cfg = tiny_train_config(str(tmp_path), img_dir, kernel_path, precision="fp16")
     with pytest.raises(ConfigError, match="^train_options.precision: precision 'fp16' runs on a CUDA GPU only"):
         train(cfg)
+
+
+def test_load_model_returns_the_model_in_the_precision_asked_for():
+    from models import load_model
+    from models.precision import WithPrecision
+
+    exact = load_model(COMPACT)
+    fast = load_model(COMPACT, precision="bf16")
+    assert not isinstance(exact, WithPrecision) and isinstance(fast, WithPrecision) and fast.precision == "bf16"
+    assert not fast.training and not fast.module.training
+    _, y, k = set12_crop("08", kernel=4, size=64)
+    with torch.no_grad():
+        a, b = exact(y, k), fast(y, k)
+    assert b.dtype == torch.float32 and psnr(b[0].clamp(0, 1), a[0].clamp(0, 1)) > 40

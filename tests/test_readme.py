@@ -420,12 +420,14 @@ def test_real_photo_command_with_the_published_boundary(tmp_path, capsys):
     k = np.zeros((7, 7))
     k[3, :] = 1.0
     save_image(str(kernels / "photo.png"), torch.from_numpy(k)[None].float())
+    assert "--set model.options.boundary=zeros \\\n    --set model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth" in README
     args = ["--test_config", "configs/test_real.json", "--set", "model.options.boundary=zeros",
+            "--set", "model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth",
             "--set", f"test_dataset.root_path={tmp_path}", "--set", f"test_dataset.kernel_path={kernels}",
             "--set", f"test_dataset.result_save_file={tmp_path / 'results'}", "--set", "test_dataset.save_figures=false"]
     assert deblurring.main(args) == 0
     out = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "results") for f in files
-           if f == "photo_compact_nrlgdn.png"]
+           if f == "photo_compact_nrlgdn_stage5.png"]
     assert len(out) == 1 and np.asarray(Image.open(out[0])).shape == (40, 48, 3)
     capsys.readouterr()
 
