@@ -121,6 +121,25 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_during(fn):
+    """(result, seconds, peak RSS in bytes) of fn(), RSS sampled every 2 ms in a thread."""
+    peak, done = [_rss_bytes()], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    return out, seconds, max(peak[0], _rss_bytes())
+
+
 def train_step_worker(size, steps, variant, repeats):
     """Run in a subprocess: peak RSS above baseline and time of a training step (fwd + bwd + Adam)."""
     x, y, k = make_inputs(size)
@@ -143,20 +162,8 @@ def train_step_worker(size, steps, variant, repeats):
     for _ in range(repeats):
         optimizer.zero_grad(set_to_none=True)
         baseline = _rss_bytes()
-        peak = [baseline]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.002)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        seconds, _ = timed(step)
-        done.set()
-        sampler.join()
-        peaks.append(max(peak[0], _rss_bytes()) - baseline)
+        _, seconds, peak = peak_rss_during(step)
+        peaks.append(peak - baseline)
         times.append(seconds)
     print(json.dumps({"peak_mb": max(peaks) / 2**20, "seconds": statistics.median(times)}))
 

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import torch
@@ -32,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.bench_nrlgdn import _rss_bytes  # noqa: E402
+from benchmarks.bench_nrlgdn import _rss_bytes, peak_rss_during  # noqa: E402
 
 COMPACT = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
 TRAIN_CONFIG = os.path.join(ROOT, "configs", "traincolor.json")
@@ -54,25 +53,6 @@ def make_photo(h: int, w: int, ksize: int = 25, seed: int = 0):
     return y, k
 
 
-def _peak_rss_during(fn):
-    """(result, seconds, peak RSS in bytes) of fn(), RSS sampled every 2 ms in a thread."""
-    peak, done = [_rss_bytes()], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    return out, seconds, max(peak[0], _rss_bytes())
-
-
 def photo_worker(h: int, w: int, tile: int, measure: str, out_path: str):
     """Subprocess: restore the photo whole (tile 0) or in tiles; print the peak memory or the time as JSON."""
     from models import build_model, load_pretrained, tiled
@@ -84,7 +64,7 @@ def photo_worker(h: int, w: int, tile: int, measure: str, out_path: str):
     baseline = _rss_bytes()
     with torch.no_grad():
         if measure == "memory":
-            out, _, peak = _peak_rss_during(lambda: run(y, k))
+            out, _, peak = peak_rss_during(lambda: run(y, k))
             torch.save(out, out_path)
             print(json.dumps({"peak_mb": peak / 2**20, "above_mb": (peak - baseline) / 2**20}))
         else:
