@@ -466,12 +466,14 @@ def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
     assert x.dtype == torch.float32 and psnr(x[0].clamp(0, 1), reference[0].clamp(0, 1)) > 50
 
     command = ("--test_config configs/test_real.json --set model.options.boundary=zeros \\\n"
+               "    --set model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth \\\n"
                "    --set test_dataset.tile_size=512 --set test_dataset.precision=auto")
     assert command in README
     photos, kernels = tmp_path / "real blurred image29", tmp_path / "kernels"
     save_image(str(photos / "photo.png"), y[0, :, :180])
     save_image(str(kernels / "photo.png"), (k / k.max())[0].float())
     common = ["--test_config", "configs/test_real.json", "--set", "model.options.boundary=zeros",
+              "--set", "model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth",
               "--set", f"test_dataset.root_path={tmp_path}", "--set", f"test_dataset.kernel_path={kernels}",
               "--set", "test_dataset.save_figures=false"]
     restored = {}
@@ -480,7 +482,7 @@ def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
         out_dir = tmp_path / name
         assert deblurring.main(common + extra + ["--set", f"test_dataset.result_save_file={out_dir}"]) == 0
         [path] = [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files
-                  if f == "photo_compact_nrlgdn.png"]
+                  if f == "photo_compact_nrlgdn_stage5.png"]
         restored[name] = np.asarray(Image.open(path), dtype=np.int16)
     assert restored["tiled"].shape == (180, 200, 3)
     assert np.abs(restored["tiled"] - restored["whole"]).max() <= 2     # 8-bit levels (bf16 under auto here)
