@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from data.kernels import build_kernel_sampler, validate_kernel
 from data.noise import build_noise
 from utils.config import DataError
-from utils.operators import conv_circular, kernel_batch
+from utils.operators import Blur
 
 BLUR_MODES = ("circular", "replicate", "reflect", "symmetric", "constant", "valid", None)
 
@@ -42,39 +42,10 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _wrap_kernels(out: torch.Tensor, k: torch.Tensor):
-    """Write kernels N×h×w into the zeroed N×H×W `out` with their centre (h//2, w//2) moved to (0, 0),
-    periodically (the zero-padded, circularly shifted PSF whose FFT is the OTF; no roll needed)."""
-    h, w = out.shape[-2:]
-    kh, kw = k.shape[-2:]
-    ch, cw = kh // 2, kw // 2
-    out.zero_()
-    out[..., :kh - ch, :kw - cw] = k[..., ch:, cw:]
-    if cw:
-        out[..., :kh - ch, w - cw:] = k[..., ch:, :cw]
-    if ch:
-        out[..., h - ch:, :kw - cw] = k[..., :ch, cw:]
-    if ch and cw:
-        out[..., h - ch:, w - cw:] = k[..., :ch, :cw]
-
-
 def circular_blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Periodic blur of N×C×H×W images with N×1×h×w kernels, = `ndimage.convolve(mode='wrap')`.
-
-    The kernel is wrapped into place instead of zero-padded and rolled, and its half spectrum is shared
-    by the channels."""
-    k = kernel_batch(k, x.shape[0], x)
-    h, w = x.shape[-2:]
-    if k.shape[-2] > h or k.shape[-1] > w:  # wraps more than once: direct periodic convolution
-        return conv_circular(x, k)
-    psf = x.new_empty((k.shape[0], 1, h, w))
-    _wrap_kernels(psf, k)
-    spectrum, otf = torch.fft.rfft2(x), torch.fft.rfft2(psf)
-    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad):
-        spectrum = spectrum * otf
-    else:  # in place: one buffer less per image
-        spectrum.mul_(otf)
-    return torch.fft.irfft2(spectrum, s=(h, w))
+    """Periodic blur of N×C×H×W images with N×1×h×w kernels, = `ndimage.convolve(mode='wrap')`: the one
+    blur operator, `utils.operators.Blur` with boundary 'circular'."""
+    return Blur(k, "circular").A(x)
 
 
 def blur(x: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tensor:

@@ -218,124 +218,176 @@ class _OutputNames:
 
 
 def evaluate(cfg: Dict[str, Any], verbose: bool = True) -> EvalResult:
-    started = time.time()
-    tcfg = cfg["test_dataset"]
+    """Evaluate cfg's models on every protocol of cfg.test_dataset: per image restore → score → write, then
+    the reports (summary.csv, report.md/json) in results/<run name>."""
+    run = _Evaluation(cfg, verbose)
+    for protocol in run.protocols:
+        run.protocol(protocol)
+    return run.finish()
+
+
+class _Evaluation:
+    """One evaluation run: its setup (device, models, protocols, results folder) and its three steps per
+    image, `restore`, `score` and `write`."""
+
+    def __init__(self, cfg: Dict[str, Any], verbose: bool):
+        self.started, self.cfg = time.time(), cfg
+        self.tcfg = tcfg = cfg["test_dataset"]
+        self.device = _eval_device(cfg)
+        self.run_name = results_folder_name(tcfg)
+        self.run_dir = os.path.join(tcfg["result_save_file"], self.run_name)
+        try:
+            check_writable(tcfg["result_save_file"])
+        except WriteError as err:
+            raise ConfigError(f"test_dataset.result_save_file: {err} (checked before evaluating)") from None
+        self.protocols = build_protocols(cfg)
+        self.models = load_models(cfg, self.device)
+        self.task = task_of(cfg, "test_dataset")
+        for _, model in self.models:
+            check_channels(model, tcfg["num_channels"], "test_dataset.num_channels")
+            check_model_for_task(model, self.task, tcfg["scale"], "test_dataset.scale")
+        self.input_label = BICUBIC if self.task == "sisr" else DEGRADED
+        self.color = metric_color(tcfg)
+        try:
+            archived = move_aside(self.run_dir, RESULT_MARKERS)
+        except ValueError as err:
+            raise ConfigError(f"test_dataset.run_name: {err}") from None
+        atomic_write_json(os.path.join(self.run_dir, "config.json"), public(cfg))
+        self.result = EvalResult(run_dir=self.run_dir)
+        self.stepping = {spec.title: maybe_record_steps(m, tcfg["record_steps"]) for spec, m in self.models}
+        self.primary = self.models[0][0].title
+        first = self.protocols[0]
+        self.output_name = _OutputNames(first.image_names or getattr(first.dataset, "names", []))
+        self.verbose = verbose
+        self.say(f"evaluating {', '.join(s.title for s, _ in self.models)} on {len(self.protocols)} protocol(s) -> "
+                 f"{self.run_dir}" + (f" (earlier results there moved to {archived})" if archived else ""))
+        if tcfg["precision"] != "fp32" or tcfg["tile_size"]:
+            self.say(f"precision {_precision_note(tcfg['precision'], self.device)}"
+                     + (f", tiles of {tcfg['tile_size']}² pixels" if tcfg["tile_size"] else ""))
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            print(text)
+
+    def protocol(self, protocol: Protocol) -> None:
+        folder = os.path.join(self.run_dir, _safe(protocol.name))
+        step_sums: Dict[str, List[List[float]]] = {}
+        bar = tqdm(protocol.items(), total=protocol.size, desc=protocol.name, unit="img", dynamic_ncols=True,
+                   disable=not self.verbose)
+        for item in bar:
+            outs = self.restore(protocol, item)
+            restored = {title: _restored_image(out) for title, out in outs.items()}
+            scores = self.score(item, restored, outs, step_sums)
+            self.write(protocol, folder, item, restored, outs, scores)
+            if "x" in item and self.primary in scores:
+                bar.set_postfix(psnr=f"{scores[self.primary]['psnr']:.2f}")
+        if step_sums:
+            self.result.step_curves[protocol.name] = {m: _mean_curve(c) for m, c in step_sums.items()}
+            from utils.figures import plot_psnr_per_step
+            plot_psnr_per_step(os.path.join(folder, "psnr_per_step.png"), self.result.step_curves[protocol.name],
+                               title=f"PSNR after each step · {protocol.name}")
+        if protocol.kind == "real":
+            self.say(f"{protocol.name}: restored {protocol.size} photo(s) -> {folder} (no ground truth, no metrics)")
+
+    def restore(self, protocol: Protocol, item: dict) -> Dict[str, dict]:
+        """Every model's output on one image: {title: model output dict}."""
+        batch = item_batch(item, self.device)
+        outs = {}
+        for spec, model in self.models:
+            with torch.inference_mode():
+                outs[spec.title] = restore(model, batch, protocol.pad(item), self.tcfg["self_ensemble"])
+        return outs
+
+    def _pair_scores(self, x: torch.Tensor, gt: torch.Tensor) -> dict:
+        return evaluate_pair(x, gt, color=self.color, border=self.tcfg["border"], quantize=self.tcfg["quantize"])
+
+    def score(self, item: dict, restored: Dict[str, torch.Tensor], outs: Dict[str, dict], step_sums: dict) -> dict:
+        """PSNR/SSIM of the input and of every model ({} without ground truth); PSNR per step when recorded."""
+        if "x" not in item:
+            return {}
+        gt = item["x"]
+        scores = {self.input_label: self._pair_scores(resize_to(item["y"], gt.shape[-2:]), gt)}
+        for title, x in restored.items():
+            out = outs[title]
+            if x.shape != gt.shape:
+                raise ValueError(f"model '{title}' returned {tuple(x.shape)} for a {tuple(gt.shape)} image "
+                                 f"({item['name']})")
+            scores[title] = self._pair_scores(x, gt)
+            if self.stepping[title] and isinstance(out.get("steps"), (list, tuple)):
+                curve = [psnr(_luma_or_rgb(s[0].float().clamp(0, 1).cpu(), self.color),
+                              _luma_or_rgb(gt, self.color), border=self.tcfg["border"]) for s in out["steps"]]
+                step_sums.setdefault(title, []).append(curve)
+        return scores
+
+    def write(self, protocol: Protocol, folder: str, item: dict, restored: Dict[str, torch.Tensor],
+              outs: Dict[str, dict], scores: dict) -> None:
+        """The image's files (degraded, restored, σ maps, figure) and its records and photo row."""
+        tcfg, base = self.tcfg, self.output_name(item["name"])
+        sigmas = {title: out["sigma_map"][0].float().cpu() for title, out in outs.items()
+                  if tcfg["save_sigma_map"] and torch.is_tensor(out.get("sigma_map"))}
+        kdir = os.path.join(folder, f"kernel{item['kernel_label']}")
+        written = {}
+        if tcfg["save_images"]:
+            save_image(os.path.join(kdir, f"{base}_degraded.png"), item["y"].clamp(0, 1))
+            for title, x in restored.items():
+                written[title] = save_image(os.path.join(kdir, f"{base}_{_safe(title)}.png"), x)
+        for title, sigma in sigmas.items():     # σ on [0, 1] -> 8-bit pixel value = σ on the 0–255 scale
+            save_image(os.path.join(kdir, f"{base}_{_safe(title)}_sigma.png"), _as_image(sigma))
+        if tcfg["save_figures"]:
+            written["figure"] = os.path.join(folder, "figures", f"{base}_kernel{item['kernel_label']}.png")
+            _figure(written["figure"], protocol, item, restored, scores, self.primary, self.color,
+                    sigmas.get(self.primary), self.input_label)
+        if protocol.kind == "real":
+            self.result.photos.append(photo_row(item, written, self.run_dir))
+        for title, s in scores.items():
+            self.result.records.append({"protocol": protocol.name, "model": title, "kernel": str(item["kernel_label"]),
+                                        "image": item["name"], "psnr": s["psnr"], "ssim": s["ssim"]})
+
+    def finish(self) -> EvalResult:
+        """The reports and the printed tables."""
+        result, run_dir = self.result, self.run_dir
+        result.summary = summarize(result.records)
+        result.seconds = time.time() - self.started
+        notes = self._notes()
+        if result.records or result.step_curves:
+            result.files = write_reports(run_dir, result.records, f"Evaluation: {self.run_name}", notes,
+                                         extra={"config": public(self.cfg), "psnr_per_step": result.step_curves})
+        elif result.photos:
+            result.files = write_photo_report(run_dir, result.photos, f"Restored photos: {self.run_name}", notes,
+                                              extra={"config": public(self.cfg)})
+            for row in result.photos:
+                self.say(f"{row['photo']}: " + ", ".join(os.path.join(run_dir, f) for f in row["files"].values()))
+        for name, table in result.summary.items():
+            self.say(f"\n{name} (PSNR dB / SSIM, {self.color}):\n{protocol_markdown(table)}")
+        if len(result.summary) > 1:
+            self.say(f"\noverall:\n{overall_markdown(result.summary)}")
+        self.say(f"\nresults written to {run_dir} ({result.seconds:.1f} s)")
+        return result
+
+    def _notes(self) -> List[str]:
+        tcfg, task = self.tcfg, self.task
+        return [f"models: {', '.join(s.title + (f' ({s.pretrained})' if s.pretrained else '') for s, _ in self.models)}",
+                f"task {task}" + (f" ×{tcfg['scale']} (`{BICUBIC}`: bicubic-upsampled input)" if task == "sisr" else ""),
+                f"metrics on {self.color}, border {tcfg['border']}, outputs clamped to [0, 1]"
+                + (", 8-bit quantised" if tcfg["quantize"] else "")
+                + (", ×8 self-ensemble" if tcfg["self_ensemble"] else ""),
+                _data_note(tcfg, task, self.protocols),
+                f"precision {_precision_note(tcfg['precision'], self.device)}"
+                + (f", tiles of {tcfg['tile_size']}² pixels" if tcfg["tile_size"] else ", whole images"),
+                f"wall time {self.result.seconds:.1f} s on {self.device}"]
+
+
+def _eval_device(cfg) -> torch.device:
     device = dist.select_device(cfg["train_options"]["disable_cuda"], cfg["train_options"]["device_ids"])
     if device.type == "cuda":   # full float32 (no TF32) so GPU scores match the CPU's and the papers'
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    run_name = results_folder_name(tcfg)
-    run_dir = os.path.join(tcfg["result_save_file"], run_name)
-    try:
-        check_writable(tcfg["result_save_file"])
-    except WriteError as err:
-        raise ConfigError(f"test_dataset.result_save_file: {err} (checked before evaluating)") from None
-    protocols = build_protocols(cfg)
-    models = load_models(cfg, device)
-    task = task_of(cfg, "test_dataset")
-    for _, model in models:
-        check_channels(model, tcfg["num_channels"], "test_dataset.num_channels")
-        check_model_for_task(model, task, tcfg["scale"], "test_dataset.scale")
-    input_label = BICUBIC if task == "sisr" else DEGRADED
-    color = metric_color(tcfg)
-    try:
-        archived = move_aside(run_dir, RESULT_MARKERS)
-    except ValueError as err:
-        raise ConfigError(f"test_dataset.run_name: {err}") from None
-    atomic_write_json(os.path.join(run_dir, "config.json"), public(cfg))
-    result = EvalResult(run_dir=run_dir)
-    stepping = {spec.title: maybe_record_steps(m, tcfg["record_steps"]) for spec, m in models}
-    primary = models[0][0].title
-    output_name = _OutputNames(protocols[0].image_names or getattr(protocols[0].dataset, "names", []))
-    say = print if verbose else (lambda *a, **k: None)
-    say(f"evaluating {', '.join(s.title for s, _ in models)} on {len(protocols)} protocol(s) -> {run_dir}"
-        + (f" (earlier results there moved to {archived})" if archived else ""))
-    if tcfg["precision"] != "fp32" or tcfg["tile_size"]:
-        say(f"precision {_precision_note(tcfg['precision'], device)}"
-            + (f", tiles of {tcfg['tile_size']}² pixels" if tcfg["tile_size"] else ""))
+    return device
 
-    for protocol in protocols:
-        folder = os.path.join(run_dir, _safe(protocol.name))
-        step_sums: Dict[str, List[List[float]]] = {}
-        bar = tqdm(protocol.items(), total=protocol.size, desc=protocol.name, unit="img", dynamic_ncols=True,
-                   disable=not verbose)
-        for item in bar:
-            batch = item_batch(item, device)
-            restored, scores, sigmas = {}, {}, {}
-            has_gt = "x" in item
-            if has_gt:
-                scores[input_label] = evaluate_pair(resize_to(item["y"], item["x"].shape[-2:]), item["x"],
-                                                    color=color, border=tcfg["border"], quantize=tcfg["quantize"])
-            for spec, model in models:
-                with torch.inference_mode():
-                    out = restore(model, batch, protocol.pad(item), tcfg["self_ensemble"])
-                x = out["x"][0].float().clamp(0, 1).cpu()
-                restored[spec.title] = x
-                if tcfg["save_sigma_map"] and torch.is_tensor(out.get("sigma_map")):
-                    sigmas[spec.title] = out["sigma_map"][0].float().cpu()
-                if has_gt:
-                    if x.shape != item["x"].shape:
-                        raise ValueError(f"model '{spec.title}' returned {tuple(x.shape)} for a "
-                                         f"{tuple(item['x'].shape)} image ({item['name']})")
-                    scores[spec.title] = evaluate_pair(x, item["x"], color=color, border=tcfg["border"],
-                                                       quantize=tcfg["quantize"])
-                if stepping[spec.title] and has_gt and isinstance(out.get("steps"), (list, tuple)):
-                    curve = [psnr(_luma_or_rgb(s[0].float().clamp(0, 1).cpu(), color),
-                                  _luma_or_rgb(item["x"], color), border=tcfg["border"]) for s in out["steps"]]
-                    step_sums.setdefault(spec.title, []).append(curve)
-            base = output_name(item["name"])
-            kdir = os.path.join(folder, f"kernel{item['kernel_label']}")
-            written = {}
-            if tcfg["save_images"]:
-                save_image(os.path.join(kdir, f"{base}_degraded.png"), item["y"].clamp(0, 1))
-                for title, x in restored.items():
-                    written[title] = save_image(os.path.join(kdir, f"{base}_{_safe(title)}.png"), x)
-            for title, sigma in sigmas.items():     # σ on [0, 1] -> 8-bit pixel value = σ on the 0–255 scale
-                save_image(os.path.join(kdir, f"{base}_{_safe(title)}_sigma.png"), _as_image(sigma))
-            if tcfg["save_figures"]:
-                written["figure"] = os.path.join(folder, "figures", f"{base}_kernel{item['kernel_label']}.png")
-                _figure(written["figure"], protocol, item, restored, scores, primary, color, sigmas.get(primary),
-                        input_label)
-            if protocol.kind == "real":
-                result.photos.append(photo_row(item, written, run_dir))
-            for title, s in scores.items():
-                result.records.append({"protocol": protocol.name, "model": title, "kernel": str(item["kernel_label"]),
-                                       "image": item["name"], "psnr": s["psnr"], "ssim": s["ssim"]})
-            if has_gt and primary in scores:
-                bar.set_postfix(psnr=f"{scores[primary]['psnr']:.2f}")
-        if step_sums:
-            result.step_curves[protocol.name] = {m: _mean_curve(c) for m, c in step_sums.items()}
-            from utils.figures import plot_psnr_per_step
-            plot_psnr_per_step(os.path.join(folder, "psnr_per_step.png"), result.step_curves[protocol.name],
-                               title=f"PSNR after each step · {protocol.name}")
-        if protocol.kind == "real":
-            say(f"{protocol.name}: restored {protocol.size} photo(s) -> {folder} (no ground truth, no metrics)")
 
-    result.summary = summarize(result.records)
-    result.seconds = time.time() - started
-    notes = [f"models: {', '.join(s.title + (f' ({s.pretrained})' if s.pretrained else '') for s, _ in models)}",
-             f"task {task}" + (f" ×{tcfg['scale']} (`{BICUBIC}`: bicubic-upsampled input)" if task == "sisr" else ""),
-             f"metrics on {color}, border {tcfg['border']}, outputs clamped to [0, 1]"
-             + (", 8-bit quantised" if tcfg["quantize"] else "")
-             + (", ×8 self-ensemble" if tcfg["self_ensemble"] else ""),
-             _data_note(tcfg, task, protocols),
-             f"precision {_precision_note(tcfg['precision'], device)}"
-             + (f", tiles of {tcfg['tile_size']}² pixels" if tcfg["tile_size"] else ", whole images"),
-             f"wall time {result.seconds:.1f} s on {device}"]
-    if result.records or result.step_curves:
-        result.files = write_reports(run_dir, result.records, f"Evaluation: {run_name}", notes,
-                                     extra={"config": public(cfg), "psnr_per_step": result.step_curves})
-    elif result.photos:
-        result.files = write_photo_report(run_dir, result.photos, f"Restored photos: {run_name}", notes,
-                                          extra={"config": public(cfg)})
-        for row in result.photos:
-            say(f"{row['photo']}: " + ", ".join(os.path.join(run_dir, f) for f in row["files"].values()))
-    for name, table in result.summary.items():
-        say(f"\n{name} (PSNR dB / SSIM, {color}):\n{protocol_markdown(table)}")
-    if len(result.summary) > 1:
-        say(f"\noverall:\n{overall_markdown(result.summary)}")
-    say(f"\nresults written to {run_dir} ({result.seconds:.1f} s)")
-    return result
+def _restored_image(out: dict) -> torch.Tensor:
+    """A model's restored image as the scores and files see it: C×H×W float32 in [0, 1] on the CPU."""
+    return out["x"][0].float().clamp(0, 1).cpu()
 
 
 def _data_note(tcfg, task: str, protocols) -> str:

@@ -164,12 +164,12 @@ def _check_noise_flags(cfg) -> None:
 
 
 def build_optimizer(cfg, model):
-    o = cfg["optimizer"]
+    optim = cfg["optimizer"]
     params = [p for p in model.parameters() if p.requires_grad]
-    if len(o["betas"]) != 2:
-        raise ConfigError(f"optimizer.betas: expected two numbers, got {o['betas']}")
-    kwargs = dict(lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
-    return (torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam)(params, **kwargs)
+    if len(optim["betas"]) != 2:
+        raise ConfigError(f"optimizer.betas: expected two numbers, got {optim['betas']}")
+    kwargs = dict(lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"])
+    return (torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam)(params, **kwargs)
 
 
 def warmup_cosine_factor(unit: int, base_lr: float, warmup: int, total: int, eta_min: float) -> float:
@@ -183,25 +183,25 @@ def warmup_cosine_factor(unit: int, base_lr: float, warmup: int, total: int, eta
 
 
 def build_scheduler(cfg, optimizer, total_units: int):
-    s = cfg["scheduler"]
-    if s["warmup_epochs"] and s["name"] != "cosine":
+    sched = cfg["scheduler"]
+    if sched["warmup_epochs"] and sched["name"] != "cosine":
         raise ConfigError(f"scheduler.warmup_epochs: warm-up is implemented for the cosine schedule only "
-                          f"(scheduler.name is '{s['name']}')")
-    if s["warmup_epochs"] >= max(total_units, 1):
-        raise ConfigError(f"scheduler.warmup_epochs: {s['warmup_epochs']} leaves no cosine phase in a run of "
+                          f"(scheduler.name is '{sched['name']}')")
+    if sched["warmup_epochs"] >= max(total_units, 1):
+        raise ConfigError(f"scheduler.warmup_epochs: {sched['warmup_epochs']} leaves no cosine phase in a run of "
                           f"{total_units} scheduler steps")
-    if s["name"] == "cosine" and s["warmup_epochs"]:
+    if sched["name"] == "cosine" and sched["warmup_epochs"]:
         base_lr = cfg["optimizer"]["lr"]
         if base_lr <= 0:
             raise ConfigError("scheduler.warmup_epochs: needs optimizer.lr > 0")
-        factor = functools.partial(warmup_cosine_factor, base_lr=base_lr, warmup=s["warmup_epochs"],
-                                   total=total_units, eta_min=s["eta_min"])
+        factor = functools.partial(warmup_cosine_factor, base_lr=base_lr, warmup=sched["warmup_epochs"],
+                                   total=total_units, eta_min=sched["eta_min"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    if s["name"] == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["step_size"], gamma=s["gamma"])
-    if s["name"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_units, 1), eta_min=s["eta_min"])
-    if s["name"] == "multistep":
+    if sched["name"] == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched["step_size"], gamma=sched["gamma"])
+    if sched["name"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_units, 1), eta_min=sched["eta_min"])
+    if sched["name"] == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg["multi_step_lr"]["milestone"]], gamma=0.1)
     return None
 
@@ -294,10 +294,41 @@ def _check_early_stop_sync(cfg, model, ids) -> None:
 
 
 def _train(cfg, device, step_callback) -> TrainResult:
+    """Set up (model, loss, data, optimizer, resume position, log) in this order — it fixes the random
+    streams — and run the loop."""
     opts = cfg["train_options"]
     run_dir = os.path.join(opts["checkpoint_dir"], _run_name(cfg))
     _check_before_work(cfg, run_dir)
     torch.manual_seed(opts["seed"])
+    spec, model, scale = _build_model(cfg, device)
+    loss_name, loss_fn = _build_loss(cfg, model)
+    ids = dist.usable_device_ids(device, opts["device_ids"])
+    _check_early_stop_sync(cfg, model, ids)
+    loader, sampler, steps_per_epoch = _build_loader(cfg, scale)
+    by_iters = opts["total_iters"] > 0
+    total_steps = opts["total_iters"] if by_iters else opts["epochs"] * steps_per_epoch
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, total_steps if by_iters else opts["epochs"])
+    precision = training_precision(opts, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    cuda_devices = _cuda_devices(device, opts["device_ids"])
+    start = _start_position(cfg, run_dir, device, cuda_devices,
+                            model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    log = _open_log(cfg, run_dir, start, f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, "
+                    f"device {device} ({precision}{' from auto' if opts['precision'] == 'auto' else ''}), "
+                    f"processes {dist.world_size()}{dist.describe()}, {steps_per_epoch} steps/epoch")
+    val_set = _build_val_set(cfg, scale)
+    loop = _Loop(cfg=cfg, device=device, model=model, spec=spec, loss_fn=loss_fn, optimizer=optimizer,
+                 scheduler=scheduler, scaler=scaler, log=log, run_dir=run_dir, run_id=start["run_id"], val_set=val_set,
+                 wrapped=dist.wrap_model(model, device, ids, opts["find_unused_parameters"]),
+                 cuda_devices=cuda_devices, step_callback=step_callback, by_iters=by_iters, precision=precision,
+                 total_steps=total_steps, steps_per_epoch=steps_per_epoch, epoch=start["epoch"], step=start["step"],
+                 best=start["best"])
+    return loop.run(loader, sampler, start["skip_batches"])
+
+
+def _build_model(cfg, device):
+    """(spec, model on `device` with its initial weights, the model's scale) for cfg.model."""
     spec = spec_from_model_section(cfg["model"])
     model = instantiate(spec)
     if not has_parameters(model):
@@ -312,18 +343,24 @@ def _train(cfg, device, step_callback) -> TrainResult:
     load_initial_weights(model, cfg["model"]["init_from"], cfg["model"]["init_grow"])
     model.to(device)
     if dist.is_distributed():   # same initial weights everywhere (above); distinct random streams from here on
-        seed_process(opts["seed"], dist.rank())
+        seed_process(cfg["train_options"]["seed"], dist.rank())
+    return spec, model, scale
+
+
+def _build_loss(cfg, model):
+    """(name, loss function): cfg.model.loss, else the model's default, else L1."""
     loss_name = cfg["model"]["loss"] or hook(model, "default_loss") or "l1"
     try:
-        loss_fn = build_loss(loss_name, **cfg["model"]["loss_options"])
+        return loss_name, build_loss(loss_name, **cfg["model"]["loss_options"])
     except KeyError as err:
         raise ConfigError(f"model.loss: {err.args[0]}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.loss_options: {err}") from None
-    ids = dist.usable_device_ids(device, opts["device_ids"])
-    _check_early_stop_sync(cfg, model, ids)
 
-    world = dist.world_size()
+
+def _build_loader(cfg, scale):
+    """(loader, sampler, steps per epoch) of this process's share of the global batch."""
+    opts, world = cfg["train_options"], dist.world_size()
     global_batch = cfg["train_dataset"]["batch_size"]
     if global_batch % world:
         raise ConfigError(f"train_dataset.batch_size: {global_batch} is not divisible by the {world} processes")
@@ -335,53 +372,53 @@ def _train(cfg, device, step_callback) -> TrainResult:
     if steps_per_epoch == 0:
         raise ConfigError(f"train_dataset.batch_size: {global_batch} is larger than the training set "
                           f"({len(dataset)} images); lower it or add images")
-    by_iters = opts["total_iters"] > 0
-    total_steps = opts["total_iters"] if by_iters else opts["epochs"] * steps_per_epoch
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, total_steps if by_iters else opts["epochs"])
-    precision = training_precision(opts, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return loader, sampler, steps_per_epoch
 
-    last_path = os.path.join(run_dir, "last.pth")
-    epoch, step, skip_batches, best = 0, 0, 0, None
-    run_id, archived, resume_note = uuid.uuid4().hex, "", ""
-    cuda_devices = _cuda_devices(device, opts["device_ids"])
+
+def _start_position(cfg, run_dir: str, device, cuda_devices, **state) -> dict:
+    """Where the run starts: a resumed checkpoint's position (loaded into `state`: model, optimizer,
+    scheduler, scaler) or a fresh run (an earlier run moved aside under overwrite); temp files of killed
+    saves removed."""
+    opts = cfg["train_options"]
+    start = {"epoch": 0, "step": 0, "skip_batches": 0, "best": None, "run_id": uuid.uuid4().hex,
+             "archived": "", "resume_note": ""}
     if opts["resume"]:
-        path = _resume_path(opts, run_dir, last_path)
-        pos = load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        epoch, step, skip_batches, best = pos["epoch"], pos["step"], pos["batch_in_epoch"], pos["best_metric"]
-        run_id = pos["run_id"] or run_id   # checkpoints written before run ids existed start a new one
-        resume_note = _resume_note(pos["state"], device, cuda_devices, opts["seed"])
+        pos = load_training_state(_resume_path(opts, run_dir, os.path.join(run_dir, "last.pth")), **state)
+        start.update(epoch=pos["epoch"], step=pos["step"], skip_batches=pos["batch_in_epoch"], best=pos["best_metric"],
+                     resume_note=_resume_note(pos["state"], device, cuda_devices, opts["seed"]))
+        start["run_id"] = pos["run_id"] or start["run_id"]   # checkpoints from before run ids start a new one
     elif dist.is_main():    # only with train_options.overwrite: an earlier run was refused before
         try:
-            archived = move_aside(run_dir, _run_markers(opts))
+            start["archived"] = move_aside(run_dir, _run_markers(opts))
         except ValueError as err:
             raise ConfigError(f"train_options.run_name: {err}") from None
-    stale = _remove_stale_temp_files(cfg, run_dir) if dist.is_main() else []
+    start["stale"] = _remove_stale_temp_files(cfg, run_dir) if dist.is_main() else []
     dist.barrier()
+    return start
 
+
+def _open_log(cfg, run_dir: str, start: dict, setup: str) -> RunLogger:
+    """The run's logger, its first line (`setup` and the start position) and the notes of `_start_position`."""
+    opts = cfg["train_options"]
     log = RunLogger(run_dir, opts["log_file"], enabled=dist.is_main(), tensorboard=opts["tensorboard"],
-                    resume_step=step if opts["resume"] else None)
-    log.text(f"model {spec.name} ({count_parameters(model):,} parameters), loss {loss_name}, device {device} "
-             f"({precision}{' from auto' if opts['precision'] == 'auto' else ''}), "
-             f"processes {world}{dist.describe()}, {steps_per_epoch} steps/epoch, {'resuming at' if opts['resume'] else 'from'} "
-             f"epoch {epoch + 1} step {step}")
-    if archived:
-        log.text(f"train_options.overwrite: the earlier run in {run_dir} was moved to {archived}")
-    if stale:
-        log.text(f"removed {len(stale)} temp file(s) left by saves that were killed: {', '.join(stale)}")
-    if resume_note:
-        log.text(resume_note)
-    val_set = build_val_set(cfg, scale) if (opts["epoch_val"] and dist.is_main()) else None
+                    resume_step=start["step"] if opts["resume"] else None)
+    log.text(f"{setup}, {'resuming at' if opts['resume'] else 'from'} epoch {start['epoch'] + 1} step {start['step']}")
+    if start["archived"]:
+        log.text(f"train_options.overwrite: the earlier run in {run_dir} was moved to {start['archived']}")
+    if start["stale"]:
+        log.text(f"removed {len(start['stale'])} temp file(s) left by saves that were killed: {', '.join(start['stale'])}")
+    if start["resume_note"]:
+        log.text(start["resume_note"])
+    return log
+
+
+def _build_val_set(cfg, scale):
+    """The validation set of rank 0 (None without per-epoch validation or on other ranks)."""
+    val_set = build_val_set(cfg, scale) if (cfg["train_options"]["epoch_val"] and dist.is_main()) else None
     if val_set is not None and not val_set:
         raise ConfigError("val_dataset: no validation images (check its folder or .mat files, or set "
                           "train_options.epoch_val=0)")
-    loop = _Loop(cfg=cfg, device=device, model=model, spec=spec, loss_fn=loss_fn, optimizer=optimizer,
-                 scheduler=scheduler, scaler=scaler, log=log, run_dir=run_dir, run_id=run_id, val_set=val_set,
-                 wrapped=dist.wrap_model(model, device, ids, opts["find_unused_parameters"]),
-                 cuda_devices=cuda_devices, step_callback=step_callback, by_iters=by_iters, precision=precision,
-                 total_steps=total_steps, steps_per_epoch=steps_per_epoch, epoch=epoch, step=step, best=best)
-    return loop.run(loader, sampler, skip_batches)
+    return val_set
 
 
 def _resume_path(opts, run_dir: str, last_path: str) -> str:
@@ -597,17 +634,17 @@ class _Loop:
             dist.barrier()
 
     def end_epoch(self) -> None:
-        o = self.opts
+        opts = self.opts
         self.consistent = False
         self.epoch += 1
         self.in_epoch = 0
         if not self.by_iters and self.scheduler is not None:
             self.scheduler.step()
         self.consistent = True
-        val_due = o["epoch_val"] > 0 and (self.every(o["val_every_steps"]) if o["val_every_steps"]
-                                          else self.epoch % o["epoch_val"] == 0)
-        save_due = self.finished() or (self.every(o["save_every_steps"]) if o["save_every_steps"]
-                                       else self.epoch % o["epoch_save"] == 0)
+        val_due = opts["epoch_val"] > 0 and (self.every(opts["val_every_steps"]) if opts["val_every_steps"]
+                                             else self.epoch % opts["epoch_val"] == 0)
+        save_due = self.finished() or (self.every(opts["save_every_steps"]) if opts["save_every_steps"]
+                                       else self.epoch % opts["epoch_save"] == 0)
         if val_due or save_due:
             self.flush()
         if val_due:

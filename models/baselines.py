@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.operators import blur_pair, check_blur_inputs, eq22_solve
+from utils.operators import Blur, blur_pair, check_blur_inputs
 
 
 class _TrainingFree(nn.Module):
@@ -40,10 +40,10 @@ class Eq22Init(_TrainingFree):
     def __init__(self, reg: float = 0.002, n_tapers: int = 3, boundary: str = "zeros"):
         super().__init__()
         self.reg, self.n_tapers, self.boundary = float(reg), int(n_tapers), boundary
-        blur_pair(boundary)  # one-line error for an unknown boundary
+        blur_pair(boundary)  # one-line error for a boundary without an Eq. (22) solve
 
     def restore(self, y, k):
-        return eq22_solve(y, k, reg=self.reg, n_tapers=self.n_tapers, boundary=self.boundary)
+        return Blur(k, self.boundary).eq22_solve(y, reg=self.reg, n_tapers=self.n_tapers)
 
 
 class _PerChannelNumpy(_TrainingFree):

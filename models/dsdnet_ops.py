@@ -19,81 +19,25 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import DataError
-from utils.operators import compute_dtype, conv_direct, kernel_batch, no_autocast, psf2otf
+from utils.operators import Blur, kernel_batch, kernel_padding, psf2otf
 
 PADDING_MODES = ("replicate", "circular", "reflect", "zeros")
 ADJOINTS = ("published", "exact")
 
 
-def kernel_padding(kh: int, kw: int):
-    """(left, right, top, bottom) padding that keeps the size for a kernel centred at (kh//2, kw//2)."""
-    left, top = (kw - 1) // 2, (kh - 1) // 2
-    return left, kw - 1 - left, top, kh - 1 - top
-
-
-def _torch_pad_mode(padding_mode: str) -> str:
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got '{padding_mode}'")
-    return "constant" if padding_mode == "zeros" else padding_mode
-
-
-def _pad_index(n: int, before: int, after: int, mode: str, device) -> torch.Tensor:
-    """Source index of every padded sample along one axis ('replicate', 'circular' or 'reflect')."""
-    j = torch.arange(-before, n + after, device=device)
-    if mode == "replicate":
-        return j.clamp(0, n - 1)
-    if mode == "circular":
-        return j % n
-    if mode == "reflect":
-        period = max(2 * n - 2, 1)
-        m = j % period
-        return torch.where(m < n, m, period - m)
-    raise ValueError(f"no source index for padding mode '{mode}'")
-
-
-def _pad_adjoint(z: torch.Tensor, pad, size, mode: str) -> torch.Tensor:
-    """Adjoint of `F.pad(x, pad, mode)`: every padded sample is added back onto its source pixel (zero
-    padding: a crop). No boolean masks, so no host-device sync."""
-    left, right, top, bottom = pad
-    h, w = size
-    for dim, n, before, after in ((-2, h, top, bottom), (-1, w, left, right)):
-        if mode in ("zeros", "constant"):
-            z = z.narrow(dim, before, n)
-            continue
-        shape = list(z.shape)
-        shape[dim] = n
-        z = z.new_zeros(shape).index_add_(dim, _pad_index(n, before, after, mode, z.device), z)
-    return z
-
-
-class BlurOperator:
-    """K (blur with boundary `padding_mode`) and Kᵀ for one batch of kernels N×1×h×w."""
+class BlurOperator(Blur):
+    """DSDNet's K and Kᵀ: `utils.operators.Blur` always on the direct path, with the published defaults
+    (replicate boundary, published approximate adjoint); `blur(x)` is K x, `blur.adjoint(r)` is Kᵀ r."""
 
     def __init__(self, k: torch.Tensor, padding_mode: str = "replicate", adjoint: str = "published"):
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got '{padding_mode}'")
         if adjoint not in ADJOINTS:
             raise ValueError(f"adjoint must be one of {ADJOINTS}, got '{adjoint}'")
-        self.k = k
-        self.padding_mode = padding_mode
-        self.torch_mode = _torch_pad_mode(padding_mode)
-        self.adjoint_kind = adjoint
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_direct(x, self.k, padding_mode=self.torch_mode)
+        super().__init__(k, padding_mode, adjoint=adjoint, method="direct")
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        if self.adjoint_kind == "published":
-            # zero-padded correlation with the kernel, padded like K (off by one for even sizes)
-            return conv_direct(r, torch.flip(self.k, dims=(-2, -1)), padding_mode="constant")
-        with no_autocast(r.device.type):  # float32 like conv_direct (utils.operators)
-            return self._exact_adjoint(r.to(compute_dtype(r.dtype)))
-
-    def _exact_adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = r.shape
-        kh, kw = self.k.shape[-2:]
-        weight = torch.flip(self.k, dims=(-2, -1)).repeat_interleave(c, dim=0)
-        full = F.conv_transpose2d(r.reshape(1, n * c, h, w), weight, groups=n * c)
-        full = full.reshape(n, c, h + kh - 1, w + kw - 1)
-        return _pad_adjoint(full, kernel_padding(kh, kw), (h, w), self.padding_mode)
+        return self.A_adjoint(r)
 
 
 def edgetaper_weights(k: torch.Tensor, shape) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.drunet import DRUNet
 from utils.config import DataError
-from utils.operators import BOUNDARIES, blur_model_inputs, blur_pair, eq22_solve, no_autocast
+from utils.operators import BOUNDARIES, Blur, blur_model_inputs, blur_pair, no_autocast
 
 
 class RGDNBlock(nn.Module):
@@ -155,7 +155,7 @@ class NRLGDNUnrolled(nn.Module):
     def initial_estimate(self, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """x⁰ for kernels forward() has already validated (models.tiling calls it one channel at a time on
         large images)."""
-        return eq22_solve(y, k, boundary=self.boundary) if self.init_mode == "eq22" else y
+        return Blur(k, self.boundary).eq22_solve(y) if self.init_mode == "eq22" else y
 
     def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: int, run_cnn=None) -> torch.Tensor:
         """One NRL-GDN update unit x^t -> x^{t+1}; t = 0, 1, ... is the step index (unused here: the
@@ -166,12 +166,12 @@ class NRLGDNUnrolled(nn.Module):
         def cnn(block, z):
             return self._cnn(block, z) if run_cnn is None else run_cnn(block, functools.partial(self._cnn, block), z)
 
-        conv, conv_adjoint = blur_pair(self.boundary)
+        blur = Blur(k, self.boundary)
         # nested calls, no named intermediates: each full-size temporary is freed as soon as it is used
         if self.h_after_adjoint:
-            data_term = cnn(self.h, conv_adjoint(conv(x, k) - y, k))
+            data_term = cnn(self.h, blur.A_adjoint(blur.A(x) - y))
         else:
-            data_term = conv_adjoint(cnn(self.h, conv(x, k) - y), k)
+            data_term = blur.A_adjoint(cnn(self.h, blur.A(x) - y))
         return x + cnn(self.d_alpha, data_term + cnn(self.r, x))
 
     def tile_context(self, block: nn.Module) -> int:

@@ -219,15 +219,38 @@ def psf2otf(k: torch.Tensor, shape, onesided: bool = False) -> torch.Tensor:
     return torch.fft.rfft2(otf) if onesided else torch.fft.fft2(otf)
 
 
+def _wrap_kernels(out: torch.Tensor, k: torch.Tensor):
+    """Write kernels N×h×w into the zeroed N×H×W `out` with their centre (h//2, w//2) moved to (0, 0),
+    periodically (the zero-padded, circularly shifted PSF whose FFT is the OTF; no roll needed)."""
+    h, w = out.shape[-2:]
+    kh, kw = k.shape[-2:]
+    ch, cw = kh // 2, kw // 2
+    out.zero_()
+    out[..., :kh - ch, :kw - cw] = k[..., ch:, cw:]
+    if cw:
+        out[..., :kh - ch, w - cw:] = k[..., ch:, :cw]
+    if ch:
+        out[..., h - ch:, :kw - cw] = k[..., :ch, cw:]
+    if ch and cw:
+        out[..., h - ch:, w - cw:] = k[..., :ch, :cw]
+
+
 @full_precision
 def conv_circular(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Circular convolution by FFT; equals `scipy.ndimage.convolve(x, k, mode='wrap')`."""
+    """Circular convolution by FFT; equals `scipy.ndimage.convolve(x, k, mode='wrap')`. The kernel is
+    wrapped into place instead of zero-padded and rolled, and its half spectrum is shared by the channels."""
     k = kernel_batch(k, x.shape[0], x)
     h, w = x.shape[-2:]
-    if k.shape[-2] > h or k.shape[-1] > w:
+    if k.shape[-2] > h or k.shape[-1] > w:  # wraps more than once: direct periodic convolution
         return conv_direct(x, k, padding_mode="circular")
-    otf = psf2otf(k, (h, w), onesided=True)
-    return torch.fft.irfft2(torch.fft.rfft2(x) * otf, s=(h, w))
+    psf = x.new_empty((k.shape[0], 1, h, w))
+    _wrap_kernels(psf, k)
+    spectrum, otf = torch.fft.rfft2(x), torch.fft.rfft2(psf)
+    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad):
+        spectrum = spectrum * otf
+    else:  # in place: one buffer less per image
+        spectrum.mul_(otf)
+    return torch.fft.irfft2(spectrum, s=(h, w))
 
 
 @full_precision
@@ -239,17 +262,109 @@ def conv_circular_adjoint(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(y) * otf.conj(), s=(h, w))
 
 
-BOUNDARIES = ("zeros", "circular")
+BOUNDARIES = ("zeros", "circular")          # the boundaries with an FFT path and an Eq. (22) solve
+PADDED_BOUNDARIES = ("replicate", "reflect")  # direct only (DSDNet's published blur is 'replicate')
+ADJOINTS = ("exact", "published")
+METHODS = ("auto", "direct")
+_PAIRS = {"zeros": (conv, conv_adjoint), "circular": (conv_circular, conv_circular_adjoint)}
 
 
 def blur_pair(boundary: str):
-    """(A, Aᵀ) for a boundary model: 'zeros' (zero-padded 'same' convolution, the published NRL-GDN) or
-    'circular' (periodic, the blur of the synthetic test protocols and of Wiener's FFT)."""
-    if boundary == "zeros":
-        return conv, conv_adjoint
-    if boundary == "circular":
-        return conv_circular, conv_circular_adjoint
-    raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    """(A(x, k), Aᵀ(y, k)) as functions for a boundary model: 'zeros' (zero-padded 'same' convolution, the
+    published NRL-GDN) or 'circular' (periodic, the blur of the synthetic test protocols and of Wiener's FFT)."""
+    if boundary not in _PAIRS:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    return _PAIRS[boundary]
+
+
+def kernel_padding(kh: int, kw: int):
+    """(left, right, top, bottom) padding that keeps the size for a kernel centred at (kh//2, kw//2)."""
+    left, top = (kw - 1) // 2, (kh - 1) // 2
+    return left, kw - 1 - left, top, kh - 1 - top
+
+
+def _pad_index(n: int, before: int, after: int, mode: str, device) -> torch.Tensor:
+    """Source index of every padded sample along one axis ('replicate', 'circular' or 'reflect')."""
+    j = torch.arange(-before, n + after, device=device)
+    if mode == "replicate":
+        return j.clamp(0, n - 1)
+    if mode == "circular":
+        return j % n
+    if mode == "reflect":
+        period = max(2 * n - 2, 1)
+        m = j % period
+        return torch.where(m < n, m, period - m)
+    raise ValueError(f"no source index for padding mode '{mode}'")
+
+
+def _pad_adjoint(z: torch.Tensor, pad, size, mode: str) -> torch.Tensor:
+    """Adjoint of `F.pad(x, pad, mode)`: every padded sample is added back onto its source pixel (zero
+    padding: a crop). No boolean masks, so no host-device sync."""
+    left, right, top, bottom = pad
+    h, w = size
+    for dim, n, before, after in ((-2, h, top, bottom), (-1, w, left, right)):
+        if mode == "zeros":
+            z = z.narrow(dim, before, n)
+            continue
+        shape = list(z.shape)
+        shape[dim] = n
+        z = z.new_zeros(shape).index_add_(dim, _pad_index(n, before, after, mode, z.device), z)
+    return z
+
+
+@full_precision
+def padded_conv_adjoint(r: torch.Tensor, k: torch.Tensor, boundary: str) -> torch.Tensor:
+    """Exact Aᵀ of `conv_direct(·, k, boundary)` for any padding: full transposed convolution, then the
+    adjoint of the padding (padded samples added back onto their sources)."""
+    k = kernel_batch(k, r.shape[0], r)
+    n, c, h, w = r.shape
+    kh, kw = k.shape[-2:]
+    weight = torch.flip(k, dims=(-2, -1)).repeat_interleave(c, dim=0)
+    full = F.conv_transpose2d(r.reshape(1, n * c, h, w), weight, groups=n * c)
+    full = full.reshape(n, c, h + kh - 1, w + kw - 1)
+    return _pad_adjoint(full, kernel_padding(kh, kw), (h, w), boundary)
+
+
+class Blur:
+    """The blur operator A x = k ∗ x ('same' size, scipy.ndimage convention) and its adjoint, for one batch
+    of kernels (h×w … N×1×h×w), in the style of deepinv's `Blur(filter, padding)`.
+
+    boundary: 'zeros' | 'circular' (FFT or direct, whichever `fft_is_faster` expects to be faster; both
+    have an Eq. (22) solve, `eq22_solve(y, Blur)`) | 'replicate' | 'reflect' (direct).
+    adjoint: 'exact' (the true Aᵀ, see tests/test_blur_operator.py) or 'published' (DSDNet's approximation:
+    a zero-padded correlation whatever the boundary, shifted by one pixel for even kernel sizes).
+    method: 'auto' or 'direct' (always the padded direct convolution; DSDNet's published operator).
+    Construction costs no device work and no host-device sync."""
+
+    def __init__(self, k, boundary: str = "zeros", adjoint: str = "exact", method: str = "auto"):
+        for name, value, allowed in (("boundary", boundary, BOUNDARIES + PADDED_BOUNDARIES),
+                                     ("adjoint", adjoint, ADJOINTS), ("method", method, METHODS)):
+            if value not in allowed:
+                raise ValueError(f"Blur {name} must be one of {allowed}, got {value!r}")
+        self.k, self.boundary, self.adjoint_mode = k, boundary, adjoint
+        self.direct = method == "direct" or boundary in PADDED_BOUNDARIES
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (operator notation)
+        if self.direct:
+            return conv_direct(x, self.k, padding_mode="constant" if self.boundary == "zeros" else self.boundary)
+        return _PAIRS[self.boundary][0](x, self.k)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        if self.adjoint_mode == "published":  # zero-padded correlation with the kernel, padded like A
+            return conv_direct(y, torch.flip(self.k, dims=(-2, -1)), padding_mode="constant")
+        if self.direct:
+            return padded_conv_adjoint(y, self.k, self.boundary)
+        return _PAIRS[self.boundary][1](y, self.k)
+
+    __call__ = A
+
+    def eq22_solve(self, y: torch.Tensor, reg: float = 0.002, n_tapers: int = 3) -> torch.Tensor:
+        """The closed-form Eq. (22) deconvolution of y under this operator (boundary 'zeros' or 'circular';
+        kernels already checked): `eq22_solve` below."""
+        return eq22_solve(y, self.k, reg, n_tapers, self.boundary)
+
+    def __repr__(self) -> str:
+        return f"Blur(k={tuple(self.k.shape)}, boundary={self.boundary!r}, adjoint={self.adjoint_mode!r})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,8 +521,8 @@ def eq22_init(y: torch.Tensor, k, reg: float = 0.002, n_tapers: int = 3, boundar
 def eq22_solve(y: torch.Tensor, k: torch.Tensor, reg: float = 0.002, n_tapers: int = 3,
                boundary: str = "zeros") -> torch.Tensor:
     """`eq22_init` for kernels `check_blur_inputs` already returned (N×1×h×w on y's device): no second
-    validation, hence no second host-device sync in a model's forward."""
-    blur_pair(boundary)  # checks the name
+    validation, hence no second host-device sync in a model's forward. (`Blur.eq22_solve` is the same.)"""
+    blur_pair(boundary)  # one-line error for a boundary without an Eq. (22) solve
     kh, kw = k.shape[-2:]
     top, left = ((kh - 1) // 2, (kw - 1) // 2) if boundary == "zeros" else (0, 0)
     padded = y
