@@ -62,7 +62,10 @@ def init_from_env(use_cuda: bool) -> bool:
 
 
 def cleanup() -> None:
+    """Tear the process group down on every rank together: a rank that destroyed its group while another was
+    still exporting could abort at exit ("terminate called without an active exception", seen with gloo)."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
