@@ -24,7 +24,7 @@ from utils.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = ("tolist", "utils/operators.py:check_blur_inputs")     # the input flags, read in one sync
-READ = ("tolist", "engine/train.py:read")
+READ = ("tolist", "engine/loop.py:read")
 
 
 class NanAtSteps:
