@@ -144,8 +144,10 @@ def blurred_image(size: int, sigma: float = 2.55 / 255, seed: int = 0):
 
 
 def psnr(a, b) -> float:
-    mse = torch.mean((a.double().clamp(0, 1) - b.double()) ** 2).item()
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
+    """The project's PSNR (utils.metrics) of the first image of two N×C×H×W batches, `a` clamped to [0, 1]."""
+    from utils.metrics import psnr as image_psnr
+
+    return image_psnr(a[0].float().clamp(0, 1).cpu(), b[0].float().cpu())
 
 
 def tf32(on: bool):

@@ -192,21 +192,29 @@ class NRLGDNUnrolled(nn.Module):
         return _EarlyStop(self.stop_threshold, synchronise) if self.early_stop_active() else None
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, y: torch.Tensor, k: torch.Tensor):
+    def checked_inputs(self, y, k):
+        """(y, k) after the input rule every (y, k) model follows, and the channel check."""
         y, k = blur_model_inputs(self, y, k)
         if y.shape[1] != self.in_nc:
             raise DataError(f"{type(self).__name__} expects y with {self.in_nc} channels "
                              f"(N×{self.in_nc}×H×W), got {tuple(y.shape)}")
-        y = y.contiguous()
-        x = self.initial_estimate(y, k)
+        return y.contiguous(), k
+
+    def forward(self, y: torch.Tensor, k: torch.Tensor):
+        y, k = self.checked_inputs(y, k)
+        return self.unroll(self.initial_estimate(y, k), y, k)
+
+    def unroll(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, run_cnn=None):
+        """The unrolled steps from x⁰ = x with the early-stop rule; `run_cnn` as in `update` (models.tiling)."""
         monitor = self.stop_monitor()
         use_checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
+        extra = () if run_cnn is None else (run_cnn,)     # variants may define update(x, y, k, t) only
         steps = []
         for t in range(self.num_steps):
             if use_checkpoint:
-                x = checkpoint(self.update, x, y, k, t, use_reentrant=False)
+                x = checkpoint(self.update, x, y, k, t, *extra, use_reentrant=False)
             else:
-                x = self.update(x, y, k, t)
+                x = self.update(x, y, k, t, *extra)
             if self.record_steps:
                 steps.append(x)
             if monitor is not None and monitor.should_stop(t, x, y, k, blur_pair(self.boundary)[0]):

@@ -13,8 +13,8 @@ boundary; see below) instead gets the image padded periodically by 5/8 of the ov
 border tiles see the wrapped-around content its FFTs assume; the padding is cropped off.
 
 Two ways to tile, and the exactness each gives:
-- Unrolled models exposing `initial_estimate`, `update(x, y, k, t, run_cnn)`, `tile_context(block)`,
-  `stop_monitor`, `num_steps` and `boundary` (the NRL-GDN family) keep everything global on the whole
+- Unrolled models exposing `checked_inputs`, `initial_estimate`, `unroll(x0, y, k, run_cnn)` and
+  `tile_context(block)` (the NRL-GDN family: the same loop as their forward) keep everything global on the whole
   image — x⁰ (Eq. (22), one channel at a time), the blur A and its adjoint with the model's own boundary,
   the early-stop rule — and run only the CNN blocks (H, D, DRUNet) tile by tile, each with the overlap its
   receptive field needs.
@@ -36,12 +36,12 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import torch
 import torch.nn as nn
 
+from models.contract import hook
 from models.precision import precision_context
 from models.wrappers import ModelWrapper, innermost
-from utils.operators import blur_pair, check_blur_inputs
 
 PERIODIC = ("circular", "wrap")
-STEPWISE = ("initial_estimate", "update", "tile_context", "stop_monitor")
+STEPWISE = ("checked_inputs", "initial_estimate", "unroll", "tile_context")
 ALIGN = 8       # tile starts and sizes: DRUNet's three ×2 downsamplings see the same pixel grid
 
 
@@ -192,7 +192,7 @@ class Tiled(ModelWrapper):
 
     def __init__(self, module: nn.Module, tile: int = 512, overlap: int | None = None):
         super().__init__(module)
-        keys = tuple(getattr(module, "input_keys", ("y", "k")))
+        keys = tuple(hook(module, "input_keys"))
         if keys not in (("y", "k"), ("y",)):
             raise ValueError(f"tiled: {type(innermost(module)).__name__} takes inputs {keys}; tiled inference "
                              "needs a model of (y, k) or (y,)")
@@ -229,26 +229,19 @@ class Tiled(ModelWrapper):
     def _stepwise(self, y: torch.Tensor, k):
         """Global x⁰, blur and stopping rule; the CNN blocks of every unrolled step tile by tile."""
         net = innermost(self.module)
-        k = check_blur_inputs(y, k)
-        if y.shape[1] != getattr(net, "in_nc", y.shape[1]):
-            raise ValueError(f"{type(net).__name__} expects y with {net.in_nc} channels, got {tuple(y.shape)}")
+        dtype = y.dtype
+        y, k = net.checked_inputs(y, k)
 
         def run_cnn(block, fn, z):
             overlap = self.overlap if self.overlap is not None else block_overlap(net.tile_context(block))
             return self._blend(lambda rows, cols: fn(z[..., rows, cols]), z, min(overlap, self.tile - ALIGN))
 
         x = torch.cat([net.initial_estimate(y[:, c:c + 1], k) for c in range(y.shape[1])], dim=1)
-        monitor, steps, record = net.stop_monitor(), [], bool(getattr(net, "record_steps", False))
         with precision_context(self.module, y.device):
-            for t in range(net.num_steps):
-                x = net.update(x, y, k, t, run_cnn=run_cnn)
-                if record:
-                    steps.append(x)
-                if monitor is not None and monitor.should_stop(t, x, y, k, blur_pair(net.boundary)[0]):
-                    break
-        net.last_num_steps = t + 1
-        x = x.to(y.dtype)
-        return {"x": x, "steps": steps} if record else x
+            out = net.unroll(x, y, k, run_cnn)
+        if isinstance(out, dict):
+            return {**out, "x": out["x"].to(dtype)}
+        return out.to(dtype)
 
     def extra_repr(self) -> str:
         return f"tile={self.tile}, overlap={'auto' if self.overlap is None else self.overlap}"
