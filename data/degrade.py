@@ -9,6 +9,8 @@ blurs, optionally downsamples (MATLAB bicubic, super-resolution) and adds noise,
 - 'valid'     only pixels whose kernel window lies inside x; x is cropped to the same region, so the
               blurred border carries real content from outside the returned x (realistic boundary);
 - None        no blur (denoising); k is the 1×1 identity kernel.
+A list of modes (e.g. ["circular", "valid"]) draws one per sample, uniformly; when it holds 'valid', the
+other modes blur the same cropped region, so every sample of a batch has one size.
 """
 from __future__ import annotations
 
@@ -91,7 +93,11 @@ class Degradation:
 
     def __init__(self, kernels=None, noise=None, blur: str | None = "circular", scale: int = 1,
                  quantize_blur: bool = False, clip: bool = False):
-        if blur not in BLUR_MODES:
+        if isinstance(blur, (list, tuple)):
+            if not blur or None in blur or any(m not in BLUR_MODES for m in blur):
+                raise ValueError(f"a list of blur modes must be non-empty, of {list(BLUR_MODES[:-1])}, got {blur!r}")
+            blur = tuple(blur) if len(blur) > 1 else blur[0]
+        elif blur not in BLUR_MODES:
             raise ValueError(f"blur must be one of {list(BLUR_MODES)}, got {blur!r}")
         if blur is not None and kernels is None:
             raise ValueError(f"blur '{blur}' needs kernels (a sampler or a fixed kernel)")
@@ -124,11 +130,17 @@ class Degradation:
         if self.scale > 1:  # HR size must be a multiple of the scale (modcrop)
             h, w = x.shape[-2:]
             x = x[..., :h - h % self.scale, :w - w % self.scale]
-        if self.blur is None:
+        mode = self.blur
+        if isinstance(mode, tuple):   # one mode per sample; 'valid' among them fixes the size for all
+            mode = mode[int(rng.integers(len(mode)))]
+            if mode != "valid" and "valid" in self.blur:
+                rows, cols = valid_crop(*k.shape[-2:], *x.shape[-2:])
+                x = x[..., rows, cols]
+        if mode is None:
             clean = x  # noise models never modify their input in place
         else:
-            clean = blur(x[None], k[None], self.blur)[0]
-            if self.blur == "valid":
+            clean = blur(x[None], k[None], mode)[0]
+            if mode == "valid":
                 rows, cols = valid_crop(*k.shape[-2:], *x.shape[-2:])
                 x = x[..., rows, cols]
         if self.quantize_blur:  # the published NRL-GDN training blurs uint8 images (truncating)

@@ -10,6 +10,7 @@ y (the other two). Parameter names match the official checkpoints key for key.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Sequence
@@ -21,7 +22,10 @@ from torch.utils.checkpoint import checkpoint
 
 from models.drunet import DRUNet
 from utils.config import DataError
-from utils.operators import BOUNDARIES, Blur, blur_model_inputs, blur_pair, no_autocast
+from utils.operators import (BOUNDARIES, Blur, blur_model_inputs, blur_pair, crop_extended, kernel_padding,
+                             looks_periodic, no_autocast, periodic_extend, periodic_fold)
+
+MODEL_BOUNDARIES = BOUNDARIES + ("auto",)
 
 
 class RGDNBlock(nn.Module):
@@ -110,7 +114,12 @@ class NRLGDNUnrolled(nn.Module):
     r_channels / r_blocks (DRUNet widths / ResBlocks per scale), hd_channels (H and D width), in_nc,
     channels_last (CNN layout), record_steps (return {"x", "steps"}), boundary ('zeros': the published
     zero-padded A and replicate-padded, edge-tapered Eq. (22); 'circular': periodic A, Aᵀ and Eq. (22), for
-    circularly blurred inputs such as the synthetic test protocols). The boundary adds no parameters.
+    circularly blurred inputs such as the synthetic test protocols; 'valid': the iterate lives on the
+    extended (H+h−1)×(W+w−1) grid and A keeps the H×W pixels whose kernel window lies inside it, so no
+    assumption is made about what lies beyond the photo's border; the output is the H×W centre; 'auto':
+    'valid', except that a sample whose borders wrap around smoothly (`utils.operators.looks_periodic`: a
+    circular blur) keeps its iterate periodic on the extended grid, which makes A its circular blur). The
+    boundary adds no parameters: one set of weights runs with any of them.
     """
 
     input_keys = ("y", "k")
@@ -124,8 +133,8 @@ class NRLGDNUnrolled(nn.Module):
                  r_channels: Sequence[int] = (64, 128, 256, 512), r_blocks: int = 4, hd_channels: int = 64,
                  in_nc: int = 3, channels_last: bool = True, record_steps: bool = False, boundary: str = "zeros"):
         super().__init__()
-        if boundary not in BOUNDARIES:
-            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if boundary not in MODEL_BOUNDARIES:
+            raise ValueError(f"boundary must be one of {MODEL_BOUNDARIES}, got {boundary!r}")
         self.boundary = boundary
         if int(num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -139,6 +148,7 @@ class NRLGDNUnrolled(nn.Module):
         self.in_nc = int(in_nc)
         self.last_num_steps = 0
         self.early_stop_sync = False   # set by the training engine (train_options.early_stop_sync) under DDP
+        self._cnn_runner = None        # set by models.tiling while it runs the CNN blocks tile by tile
         self.r = DRUNet(in_nc=in_nc, out_nc=in_nc, nc=r_channels, nb=r_blocks)
         self.h = RGDNBlock(in_nc, hd_channels)
         self.d_alpha = RGDNBlock(in_nc, hd_channels)
@@ -152,35 +162,83 @@ class NRLGDNUnrolled(nn.Module):
             return block(x.contiguous(memory_format=torch.channels_last)).contiguous()
         return block(x)
 
-    def initial_estimate(self, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """x⁰ for kernels forward() has already validated (models.tiling calls it one channel at a time on
-        large images)."""
-        return Blur(k, self.boundary).eq22_solve(y) if self.init_mode == "eq22" else y
+    def cnn(self, block: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """Apply one of the model's CNN blocks to z. Variants call their blocks through this, so that
+        `models.tiling` (which installs a tile-by-tile runner with `tiled_cnns`) tiles them too."""
+        if self._cnn_runner is None:
+            return self._cnn(block, z)
+        return self._cnn_runner(block, functools.partial(self._cnn, block), z)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: int, run_cnn=None) -> torch.Tensor:
+    @contextlib.contextmanager
+    def tiled_cnns(self, run_cnn):
+        """Inside the block, `cnn(block, z)` calls `run_cnn(block, fn, z)` (fn = the block on a tensor)."""
+        previous, self._cnn_runner = self._cnn_runner, run_cnn
+        try:
+            yield
+        finally:
+            self._cnn_runner = previous
+
+    @property
+    def operator_boundary(self) -> str:
+        """The boundary of A and Aᵀ: 'auto' runs the 'valid' operators (periodic samples stay periodic)."""
+        return "valid" if self.boundary == "auto" else self.boundary
+
+    def periodic_samples(self, y: torch.Tensor):
+        """N×1×1×1 bool mask of the samples boundary 'auto' treats as circularly blurred; None otherwise."""
+        return looks_periodic(y)[:, None, None, None] if self.boundary == "auto" else None
+
+    def _keep_periodic(self, z: torch.Tensor, k: torch.Tensor, periodic, fold: bool = False) -> torch.Tensor:
+        """z (extended grid) with the periodic samples made periodic again: their centre wrapped around, or
+        with `fold` their border first added back where it wraps from (Aᵀ of the circular blur)."""
+        if periodic is None:
+            return z
+        centre = periodic_fold(z, k) if fold else crop_extended(z, k)
+        return torch.where(periodic, periodic_extend(centre, k), z)
+
+    def initial_estimate(self, y: torch.Tensor, k: torch.Tensor, periodic=None) -> torch.Tensor:
+        """x⁰ for kernels forward() has already validated, on the grid the iterate lives on (the extended
+        grid for 'valid' and 'auto'). models.tiling calls it one channel at a time on large images, passing
+        the `periodic_samples` mask of the whole image."""
+        if self.boundary == "auto":
+            periodic = self.periodic_samples(y) if periodic is None else periodic
+            if self.init_mode == "eq22":
+                wrapped, valid = Blur(k, "circular").eq22_solve(y), Blur(k, "valid").eq22_solve(y)
+            else:
+                wrapped, valid = y, F.pad(y, kernel_padding(*k.shape[-2:]), mode="replicate")
+            return torch.where(periodic, periodic_extend(wrapped, k), valid)
+        if self.init_mode == "eq22":
+            return Blur(k, self.boundary).eq22_solve(y)
+        if self.boundary == "valid":
+            return F.pad(y, kernel_padding(*k.shape[-2:]), mode="replicate")
+        return y
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: int) -> torch.Tensor:
         """One NRL-GDN update unit x^t -> x^{t+1}; t = 0, 1, ... is the step index (unused here: the
         weights are shared by all steps). A variant with per-step parameters overrides this and indexes
-        them with t, which grad_checkpointing passes again when it recomputes the step.
-        `run_cnn(block, fn, z)` applies a CNN block (fn = the block on a tensor) to z; models.tiling passes
-        one that runs it tile by tile."""
-        def cnn(block, z):
-            return self._cnn(block, z) if run_cnn is None else run_cnn(block, functools.partial(self._cnn, block), z)
-
-        blur = Blur(k, self.boundary)
+        them with t, which grad_checkpointing passes again when it recomputes the step. CNN blocks run
+        through `self.cnn`, which models.tiling makes tile by tile."""
+        cnn = self.cnn
+        blur, periodic = Blur(k, self.operator_boundary), self.periodic_samples(y)
         # nested calls, no named intermediates: each full-size temporary is freed as soon as it is used
         if self.h_after_adjoint:
-            data_term = cnn(self.h, blur.A_adjoint(blur.A(x) - y))
+            data_term = cnn(self.h, self._keep_periodic(blur.A_adjoint(blur.A(x) - y), k, periodic, fold=True))
         else:
-            data_term = blur.A_adjoint(cnn(self.h, blur.A(x) - y))
-        return x + cnn(self.d_alpha, data_term + cnn(self.r, x))
+            data_term = self._keep_periodic(blur.A_adjoint(cnn(self.h, blur.A(x) - y)), k, periodic, fold=True)
+        return self._keep_periodic(x + cnn(self.d_alpha, data_term + cnn(self.r, x)), k, periodic)
 
-    def tile_context(self, block: nn.Module) -> int:
+    def tile_context(self, block: nn.Module):
         """Context a tile of `block`'s input needs at a cut: H and D their exact receptive radius; DRUNet a
         third of its (148 px for the compact model: at 49 px from a cut its output differs by ≤ 3e-4, beyond
-        80 px by float rounding only)."""
+        80 px by float rounding only). A variant's own block: the radius of its stride-1 convolutions
+        chained (an upper bound), or None (run it whole) when it has strided layers."""
         if isinstance(block, DRUNet):
             return math.ceil(block.receptive_radius() / 3)
-        return block.receptive_radius()
+        if hasattr(block, "receptive_radius"):
+            return block.receptive_radius()
+        convs = [m for m in block.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        if any(max(m.stride) > 1 for m in convs):
+            return None
+        return sum(max(d * (size // 2) for d, size in zip(m.dilation, m.kernel_size)) for m in convs)
 
     def early_stop_active(self) -> bool:
         return self.early_stop and math.isfinite(self.stop_epsilon)
@@ -204,22 +262,26 @@ class NRLGDNUnrolled(nn.Module):
         y, k = self.checked_inputs(y, k)
         return self.unroll(self.initial_estimate(y, k), y, k)
 
-    def unroll(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, run_cnn=None):
-        """The unrolled steps from x⁰ = x with the early-stop rule; `run_cnn` as in `update` (models.tiling)."""
+    def to_image(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The restored image (y's grid) from an iterate: its H×W centre on the extended grid, else x."""
+        return crop_extended(x, k) if self.operator_boundary == "valid" else x
+
+    def unroll(self, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor):
+        """The unrolled steps from x⁰ = x with the early-stop rule; returns the restored image(s)."""
         monitor = self.stop_monitor()
         use_checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
-        extra = () if run_cnn is None else (run_cnn,)     # variants may define update(x, y, k, t) only
         steps = []
         for t in range(self.num_steps):
             if use_checkpoint:
-                x = checkpoint(self.update, x, y, k, t, *extra, use_reentrant=False)
+                x = checkpoint(self.update, x, y, k, t, use_reentrant=False)
             else:
-                x = self.update(x, y, k, t, *extra)
+                x = self.update(x, y, k, t)
             if self.record_steps:
-                steps.append(x)
-            if monitor is not None and monitor.should_stop(t, x, y, k, blur_pair(self.boundary)[0]):
+                steps.append(self.to_image(x, k))
+            if monitor is not None and monitor.should_stop(t, x, y, k, blur_pair(self.operator_boundary)[0]):
                 break
         self.last_num_steps = t + 1
+        x = self.to_image(x, k)
         if self.record_steps:
             return {"x": x, "steps": steps}
         return x

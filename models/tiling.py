@@ -13,8 +13,9 @@ boundary; see below) instead gets the image padded periodically by 5/8 of the ov
 border tiles see the wrapped-around content its FFTs assume; the padding is cropped off.
 
 Two ways to tile, and the exactness each gives:
-- Unrolled models exposing `checked_inputs`, `initial_estimate`, `unroll(x0, y, k, run_cnn)` and
-  `tile_context(block)` (the NRL-GDN family: the same loop as their forward) keep everything global on the whole
+- Unrolled models exposing `checked_inputs`, `initial_estimate`, `unroll(x0, y, k)`, `tile_context(block)`
+  and `tiled_cnns(run_cnn)` (the NRL-GDN family and every variant of it: the same loop as their forward,
+  whose `update` applies CNN blocks through `self.cnn`) keep everything global on the whole
   image — x⁰ (Eq. (22), one channel at a time), the blur A and its adjoint with the model's own boundary,
   the early-stop rule — and run only the CNN blocks (H, D, DRUNet) tile by tile, each with the overlap its
   receptive field needs.
@@ -41,7 +42,7 @@ from models.precision import precision_context
 from models.wrappers import ModelWrapper, innermost
 
 PERIODIC = ("circular", "wrap")
-STEPWISE = ("checked_inputs", "initial_estimate", "unroll", "tile_context")
+STEPWISE = ("checked_inputs", "initial_estimate", "unroll", "tile_context", "tiled_cnns")
 ALIGN = 8       # tile starts and sizes: DRUNet's three ×2 downsamplings see the same pixel grid
 
 
@@ -233,12 +234,16 @@ class Tiled(ModelWrapper):
         y, k = net.checked_inputs(y, k)
 
         def run_cnn(block, fn, z):
-            overlap = self.overlap if self.overlap is not None else block_overlap(net.tile_context(block))
+            context = net.tile_context(block)
+            if context is None:       # a block whose reach is not known: whole, hence exact
+                return fn(z)
+            overlap = self.overlap if self.overlap is not None else block_overlap(context)
             return self._blend(lambda rows, cols: fn(z[..., rows, cols]), z, min(overlap, self.tile - ALIGN))
 
-        x = torch.cat([net.initial_estimate(y[:, c:c + 1], k) for c in range(y.shape[1])], dim=1)
-        with precision_context(self.module, y.device):
-            out = net.unroll(x, y, k, run_cnn)
+        periodic = net.periodic_samples(y)
+        x = torch.cat([net.initial_estimate(y[:, c:c + 1], k, periodic) for c in range(y.shape[1])], dim=1)
+        with precision_context(self.module, y.device), net.tiled_cnns(run_cnn):
+            out = net.unroll(x, y, k)
         if isinstance(out, dict):
             return {**out, "x": out["x"].to(dtype)}
         return out.to(dtype)

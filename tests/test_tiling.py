@@ -24,7 +24,7 @@ def column_jumps(diff: torch.Tensor) -> torch.Tensor:
     return (diff[..., 1:] - diff[..., :-1]).abs().mean(dim=(0, 1, 2))
 
 
-@pytest.mark.parametrize("boundary, kernel", [("circular", 3), ("zeros", 4)])
+@pytest.mark.parametrize("boundary, kernel", [("circular", 3), ("zeros", 4), ("valid", 4), ("auto", 3)])
 def test_tiled_nrlgdn_equals_the_whole_image_run(boundary, kernel):
     _, y, k = set12_crop("08", kernel=kernel, size=200, sigma=10.0)
     net = compact(boundary)

@@ -462,7 +462,12 @@ def _check_degradation(spec: Any, name: str, where: str) -> None:
     from data.degrade import BLUR_MODES, SPEC_KEYS
 
     _check_keys(spec, name, sorted(SPEC_KEYS), where)
-    if "blur" in spec:
+    if isinstance(spec.get("blur"), list):   # one mode drawn per sample
+        if not spec["blur"]:
+            raise ConfigError(f"{name}.blur{where}: expected a blur mode or a non-empty list of them, got []")
+        for i, mode in enumerate(spec["blur"]):
+            _check_field(mode, f"{name}.blur[{i}]", "str", where, BLUR_MODES[:-1])
+    elif "blur" in spec:
         _check_field(spec["blur"], f"{name}.blur", "str|null", where, BLUR_MODES)
     for key, kind in (("scale", "int"), ("clip", "bool"), ("quantize_blur", "bool")):
         if key in spec:
