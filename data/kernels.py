@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.config import DataError
+from utils.registry import Registry, discover_extensions
 from utils.operators import warn_negative_kernel
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +261,19 @@ def augment_kernel(k, mode: int):
 # ---------------------------------------------------------------------------------------------
 
 
-class KernelSampler:
+class Sampler:
+    """The kernel-sampler contract (extension point 'kernels', `register_kernel_sampler`): `sample(rng)`
+    returns (h×w float kernel summing to 1, extras dict: e.g. {"kinfo": ...} for VIRNet's SR), drawing only
+    from `rng` (a numpy Generator); every kernel of one sampler has one size, so samples batch together."""
+
+    def sample(self, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        return self.sample(rng)[0]
+
+
+class KernelSampler(Sampler):
     """NRL-GDN training kernels: motion with probability `motion_prob` (published 13/20), otherwise a
     random anisotropic Gaussian with a random 8-way flip/rotation."""
 
@@ -280,14 +293,11 @@ class KernelSampler:
             k = dihedral(k, int(rng.integers(8)))
         return k, {}
 
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        return self.sample(rng)[0]
-
     def __repr__(self):
         return f"KernelSampler(motion_prob={self.motion_prob:.3g}, size={self.size})"
 
 
-class SRKernelSampler:
+class SRKernelSampler(Sampler):
     """VIRNet SR kernels; `sample` returns (kernel, {"kinfo": (var_x, var_y, rho)})."""
 
     def __init__(self, scale: float, size: int = 21):
@@ -297,14 +307,11 @@ class SRKernelSampler:
         k, kinfo = sr_gaussian_kernel(rng, self.scale, self.size)
         return k, {"kinfo": kinfo}
 
-    def __call__(self, rng):
-        return self.sample(rng)[0]
-
     def __repr__(self):
         return f"SRKernelSampler(scale={self.scale:g}, size={self.size})"
 
 
-class SetKernelSampler:
+class SetKernelSampler(Sampler):
     """Uniform choice from a fixed list of kernels (e.g. a kernel file), optionally augmented."""
 
     def __init__(self, kernels: Sequence[np.ndarray], augment: bool = False):
@@ -317,14 +324,11 @@ class SetKernelSampler:
         k = self.kernels[int(rng.integers(len(self.kernels)))]
         return (dihedral(k, int(rng.integers(8))) if self.augment else k.copy()), {}
 
-    def __call__(self, rng):
-        return self.sample(rng)[0]
-
     def __repr__(self):
         return f"SetKernelSampler({len(self.kernels)} kernels, augment={self.augment})"
 
 
-class FixedKernelSampler:
+class FixedKernelSampler(Sampler):
     """Always the same kernel, without a draw from the generator (e.g. VIRNet's SR validation kernel)."""
 
     def __init__(self, kernel: np.ndarray):
@@ -333,56 +337,60 @@ class FixedKernelSampler:
     def sample(self, rng):
         return self.kernel.copy(), {}
 
-    def __call__(self, rng):
-        return self.sample(rng)[0]
-
     def __repr__(self):
         return f"FixedKernelSampler({self.kernel.shape[0]}×{self.kernel.shape[1]})"
 
 
-# Keys of each sampler spec type (the config schema checks specs against this table at load)
-SAMPLER_KEYS = {
-    "random": {"motion_prob", "size", "var_range", "gaussian_shifts", "augment_gaussian"},
-    "motion": {"size"},
-    "gaussian": {"size", "var_range", "gaussian_shifts", "augment_gaussian"},
-    "sr_gaussian": {"scale", "size"},
-    "isotropic_gaussian": {"size", "std"},
-    "file": {"path", "indices", "augment"},
-}
+def _motion(size: int = 25) -> KernelSampler:
+    return KernelSampler(motion_prob=1.0, size=size)
 
 
-def build_kernel_sampler(spec):
-    """Sampler from a config section: {"type": "random"|"motion"|"gaussian"|"sr_gaussian"|
-    "isotropic_gaussian"|"file", ...}; a plain string is a kernel file path. `isotropic_gaussian`
-    (size, std) is one fixed kernel and draws nothing."""
+def _gaussian(size: int = 25, var_range=(0.6, 12.0), gaussian_shifts=(0.0, 0.5, 1.0, 1.5),
+              augment_gaussian: bool = True) -> KernelSampler:
+    return KernelSampler(motion_prob=0.0, size=size, var_range=var_range, gaussian_shifts=gaussian_shifts,
+                         augment_gaussian=augment_gaussian)
+
+
+def _isotropic(size: int, std: float) -> FixedKernelSampler:
+    """One fixed kernel; draws nothing."""
+    return FixedKernelSampler(isotropic_gaussian(int(size), float(std)))
+
+
+def _file(path: str, indices=None, augment: bool = False) -> SetKernelSampler:
+    kernels = load_kernels(path)
+    if indices is not None:
+        kernels = [kernels[i] for i in indices]
+    return SetKernelSampler(kernels, augment=bool(augment))
+
+
+KERNEL_SAMPLERS = Registry("kernel sampler type", {
+    "random": KernelSampler,
+    "motion": _motion,
+    "gaussian": _gaussian,
+    "sr_gaussian": SRKernelSampler,
+    "isotropic_gaussian": _isotropic,
+    "file": _file,
+}, discover=discover_extensions)
+
+
+def register_kernel_sampler(name: str, factory) -> None:
+    """Add a kernel sampler type: `factory(**spec keys)` returns a `Sampler`; its keyword arguments are the
+    keys a spec {"type": name, ...} may hold (checked at load). One file under data/ that calls this is found
+    by itself (docs/extending.md)."""
+    KERNEL_SAMPLERS.register(name, factory)
+
+
+def sampler_spec_keys(kind: str):
+    """The keys a kernels spec of type `kind` may hold besides 'type' (None: any)."""
+    return KERNEL_SAMPLERS.options(kind)
+
+
+def build_kernel_sampler(spec) -> Sampler:
+    """Sampler from a config section: {"type": <a registered type, default "random">, ...}; a plain string
+    is a kernel file path (type "file")."""
     if isinstance(spec, str):
         spec = {"type": "file", "path": spec}
-    spec = dict(spec)
-    kind = spec.pop("type", "random")
-    if kind not in SAMPLER_KEYS:
-        raise KeyError(f"kernels.type: unknown '{kind}', expected one of {sorted(SAMPLER_KEYS)}")
-    unknown = set(spec) - SAMPLER_KEYS[kind]
-    if unknown:
-        raise KeyError(f"kernels: unknown key(s) {sorted(unknown)} for type '{kind}', "
-                       f"expected {sorted(SAMPLER_KEYS[kind])}")
-    if kind == "random":
-        return KernelSampler(**spec)
-    if kind == "motion":
-        return KernelSampler(motion_prob=1.0, **spec)
-    if kind == "gaussian":
-        return KernelSampler(motion_prob=0.0, **spec)
-    if kind == "sr_gaussian":
-        return SRKernelSampler(**spec)
-    if kind == "isotropic_gaussian":
-        if set(spec) != {"size", "std"}:
-            raise KeyError("kernels: type 'isotropic_gaussian' needs 'size' and 'std'")
-        return FixedKernelSampler(isotropic_gaussian(int(spec["size"]), float(spec["std"])))
-    if "path" not in spec:
-        raise KeyError("kernels: type 'file' needs a 'path'")
-    kernels = load_kernels(spec["path"])
-    if spec.get("indices") is not None:
-        kernels = [kernels[i] for i in spec["indices"]]
-    return SetKernelSampler(kernels, augment=bool(spec.get("augment", False)))
+    return KERNEL_SAMPLERS.build_spec(spec, "kernels", Sampler, default_type="random")
 
 
 # ---------------------------------------------------------------------------------------------

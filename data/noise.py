@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from data.sigma_maps import MAP_KINDS, sigma_map
+from utils.registry import Registry, discover_extensions
 
 
 _ONE_BITS = np.uint32(0x3F800000)  # float32 1.0: OR-ed with 23 random mantissa bits gives U[1, 2)
@@ -65,7 +66,11 @@ def _fmt(v: float) -> str:
 
 
 class Noise:
-    """Base class. Additive Gaussian models implement `add`; the others implement `corrupt`."""
+    """The noise contract (extension point 'noise', `register_noise`). A subclass implements one of
+    - `corrupt(img, rng) -> (noisy, sigma_map)`: any model; the noise sample is taken as noisy − img;
+    - `add(img, rng) -> (noisy, sigma_map, noise)`: additive models that return their exact sample.
+    img is C×H×W in [0, 1]; sigma_map C×H×W on the [0, 1] scale; every random draw comes from `rng`
+    (a numpy Generator), so a sample is a pure function of (seed, epoch, index). `name` labels reports."""
     name = "noise"
 
     def __call__(self, img: torch.Tensor, rng: np.random.Generator):
@@ -268,17 +273,28 @@ class MixtureNoise(Noise):
         return self.components[i].add(img, rng)
 
 
-_TYPES = {
-    "none": (NoNoise, set()),
-    "uniform": (UniformNoise, {"sigma", "sigma_range"}),
-    "regions": (RegionNoise, {"layout", "sigma_range"}),
-    "sigma_map": (SigmaMapNoise, {"map", "range", "base", "interpolation"}),
-    "poisson_gaussian": (PoissonGaussianNoise, {"peak", "sigma", "clip"}),
-    "impulse": (ImpulseNoise, {"fraction", "kind"}),
-    "jpeg": (JpegNoise, {"quality"}),
-    "mixture": (MixtureNoise, {"components"}),
-}
-SPEC_KEYS = {kind: keys for kind, (_, keys) in _TYPES.items()}   # checked by the config schema at load
+NOISE = Registry("noise type", {
+    "none": NoNoise,
+    "uniform": UniformNoise,
+    "regions": RegionNoise,
+    "sigma_map": SigmaMapNoise,
+    "poisson_gaussian": PoissonGaussianNoise,
+    "impulse": ImpulseNoise,
+    "jpeg": JpegNoise,
+    "mixture": MixtureNoise,
+}, discover=discover_extensions)
+
+
+def register_noise(name: str, factory) -> None:
+    """Add a noise type: `factory(**spec keys)` returns a `Noise`; its keyword arguments are the keys a spec
+    {"type": name, ...} may hold (the config checks them at load). One file under data/ that calls this is
+    found by itself (docs/extending.md)."""
+    NOISE.register(name, factory)
+
+
+def noise_spec_keys(kind: str):
+    """The keys a spec of type `kind` may hold besides 'type' (None: any)."""
+    return NOISE.options(kind)
 
 
 def build_noise(spec, where: str = "noise") -> Noise:
@@ -291,19 +307,11 @@ def build_noise(spec, where: str = "noise") -> Noise:
         return UniformNoise(sigma=float(spec))
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a dict with a 'type', got {type(spec).__name__}")
-    spec = dict(spec)
-    kind = spec.pop("type", None)
-    if kind not in _TYPES:
-        raise KeyError(f"{where}.type: unknown {kind!r}, expected one of {list(_TYPES)}")
-    cls, allowed = _TYPES[kind]
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown} for type '{kind}', expected {sorted(allowed)}")
-    if kind == "mixture":
-        comps = []
-        for i, comp in enumerate(spec.get("components") or []):
-            if not isinstance(comp, dict) or set(comp) - {"weight", "noise"} or "noise" not in comp:
-                raise KeyError(f"{where}.components[{i}]: expected keys 'weight' and 'noise', got {comp!r}")
-            comps.append((comp.get("weight", 1.0), build_noise(comp["noise"], f"{where}.components[{i}].noise")))
-        return MixtureNoise(comps)
-    return cls(**spec)
+    if spec.get("type") != "mixture":
+        return NOISE.build_spec(spec, where, Noise)
+    components = []      # a mixture's components are specs themselves
+    for i, comp in enumerate(spec.get("components") or []):
+        if not isinstance(comp, dict) or set(comp) - {"weight", "noise"} or "noise" not in comp:
+            raise KeyError(f"{where}.components[{i}]: expected keys 'weight' and 'noise', got {comp!r}")
+        components.append((comp.get("weight", 1.0), build_noise(comp["noise"], f"{where}.components[{i}].noise")))
+    return NOISE.build_spec({**spec, "components": components}, where, Noise)

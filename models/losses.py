@@ -14,7 +14,7 @@ from typing import Callable, Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from models.registry import LazyRegistry
+from utils.registry import Registry, discover_extensions
 from utils.operators import compute_dtype
 
 LossResult = Tuple[torch.Tensor, Dict[str, float]]
@@ -94,7 +94,7 @@ class NRLGDNL1(PixelLoss):
         return loss, LossTerms(nrlgdn_l1=loss)
 
 
-LOSSES = LazyRegistry("loss", {
+LOSSES = Registry("loss", {
     "nrlgdn_l1": NRLGDNL1,
     "l1": lambda **o: PixelLoss("l1", **o),
     "mse": lambda **o: PixelLoss("mse", **o),
@@ -103,7 +103,7 @@ LOSSES = LazyRegistry("loss", {
     "dsdnet": "models.dsdnet_loss:DSDNetLoss",
     "virnet_denoise": "models.virnet_loss:VIRNetDenoiseLoss",
     "virnet_sisr": "models.virnet_loss:VIRNetSISRLoss",
-})
+}, discover=discover_extensions)
 
 
 def register_loss(name: str, target) -> None:

@@ -194,7 +194,7 @@ def test_untranslatable_flags_fail_at_load(overrides, message):
      "unknown key 'train_dataset.degradation.noise.sigma_rnge' in {file} "
      "(did you mean 'train_dataset.degradation.noise.sigma_range'?)"),
     ({"noise": {"type": "regoins"}}, "train_dataset.degradation.noise.type in {file}: 'regoins' is not one of "
-                                     "none, uniform, regions, sigma_map, poisson_gaussian, impulse, jpeg, mixture "
+                                     "impulse, jpeg, mixture, none, poisson_gaussian, regions, sigma_map, uniform "
                                      "(did you mean 'regions'?)"),
     ({"noise": {"type": "mixture", "components": [{"wieght": 1, "noise": 5}]}},
      "unknown key 'train_dataset.degradation.noise.components[0].wieght' in {file} "
@@ -207,7 +207,7 @@ def test_untranslatable_flags_fail_at_load(overrides, message):
     ({"nosie": 5}, "unknown key 'train_dataset.degradation.nosie' in {file} "
                    "(did you mean 'train_dataset.degradation.noise'?)"),
     ({"scale": 2.5}, "train_dataset.degradation.scale in {file}: expected an integer, got 2.5"),
-    ({"noise": {"sigma": 5}}, "train_dataset.degradation.noise in {file}: missing 'type' (one of none, uniform"),
+    ({"noise": {"sigma": 5}}, "train_dataset.degradation.noise in {file}: missing 'type' (one of impulse, jpeg, mixture"),
 ])
 def test_typos_inside_a_degradation_spec_are_reported_at_load(tmp_path, spec, message):
     path = tmp_path / "bad.json"

@@ -491,7 +491,7 @@ def buggy_model():
 
     MODELS.register("FaultsBuggyNet", _BuggyNet)
     yield "FaultsBuggyNet"
-    MODELS._entries.pop("FaultsBuggyNet", None)          # the registry has no public unregister
+    MODELS.unregister("FaultsBuggyNet")
 
 
 def test_only_config_and_data_errors_are_one_line(tmp_path, data, buggy_model, capsys):

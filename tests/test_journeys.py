@@ -198,12 +198,12 @@ def test_a_broken_model_file_is_named_with_its_traceback(clone):
     assert result.returncode == 1
     assert 'File "' in result.stderr and "broken_net.py\", line 3, in <module>" in result.stderr   # its traceback
     assert result.stderr.strip().splitlines()[-1] == (
-        "models.registry.ModelFileError: models/broken_net.py: importing it to find its register_model calls "
+        "utils.registry.ExtensionFileError: models/broken_net.py: importing it to find its register_* calls "
         "failed: NameError: name 'undefined_name' is not defined")
 
 
 def test_discovery_imports_registering_files_only_in_name_order(tmp_path, monkeypatch):
-    from models.registry import ModelFileError, discover_model_files
+    from utils.registry import ExtensionFileError, discover_files
 
     package = tmp_path / "variants_pkg"
     package.mkdir()
@@ -214,11 +214,11 @@ def test_discovery_imports_registering_files_only_in_name_order(tmp_path, monkey
     (package / "helper.py").write_text(order)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        assert discover_model_files(str(package), "variants_pkg") == ["variants_pkg.a_net", "variants_pkg.b_net"]
+        assert discover_files(str(package), "variants_pkg") == ["variants_pkg.a_net", "variants_pkg.b_net"]
         assert sys.modules["variants_pkg"].ORDER == ["variants_pkg.a_net", "variants_pkg.b_net"]
         (package / "c_net.py").write_text("register_model = 1 / 0\n")
-        with pytest.raises(ModelFileError, match=r"c_net\.py: importing it .* ZeroDivisionError") as err:
-            discover_model_files(str(package), "variants_pkg")
+        with pytest.raises(ExtensionFileError, match=r"c_net\.py: importing it .* ZeroDivisionError") as err:
+            discover_files(str(package), "variants_pkg")
         assert isinstance(err.value.__cause__, ZeroDivisionError)
     finally:
         for name in [m for m in sys.modules if m.startswith("variants_pkg")]:

@@ -179,8 +179,8 @@ def registry_cleanup():
     from models.registry import MODELS
 
     yield
-    MODELS._entries.pop("ReadmeMyNet", None)            # the registries have no public unregister
-    LOSSES._entries.pop("readme_test_loss", None)
+    MODELS.unregister("ReadmeMyNet")
+    LOSSES.unregister("readme_test_loss")
     sys.modules.pop("readme_my_net", None)
 
 

@@ -478,26 +478,34 @@ def _check_degradation(spec: Any, name: str, where: str) -> None:
 
 
 def _check_kernels(spec: Any, name: str, where: str) -> None:
-    from data.kernels import SAMPLER_KEYS
+    from data.kernels import KERNEL_SAMPLERS
 
     if isinstance(spec, str):
         return  # a kernel file path
-    _check_keys(spec, name, ["type"] + sorted(set().union(*SAMPLER_KEYS.values())), where)
-    kind = _spec_type(spec, name, SAMPLER_KEYS, where, default="random")
-    _check_keys(spec, name, ["type"] + sorted(SAMPLER_KEYS[kind]), where)
+    _check_registered(spec, name, where, KERNEL_SAMPLERS, default="random")
 
 
 def _check_noise(spec: Any, name: str, where: str) -> None:
-    from data.noise import SPEC_KEYS
+    from data.noise import NOISE
 
     if spec is None or _type_ok(spec, "float"):
         return  # no noise / AWGN of that σ
-    _check_keys(spec, name, ["type"] + sorted(set().union(*SPEC_KEYS.values())), where)
-    kind = _spec_type(spec, name, SPEC_KEYS, where)
-    _check_keys(spec, name, ["type"] + sorted(SPEC_KEYS[kind]), where)
+    kind = _check_registered(spec, name, where, NOISE)
     for i, component in enumerate(spec.get("components", []) if kind == "mixture" else []):
         _check_keys(component, f"{name}.components[{i}]", ("weight", "noise"), where)
         _check_noise(component.get("noise"), f"{name}.components[{i}].noise", where)
+
+
+def _check_registered(spec: Any, name: str, where: str, registry, default: Optional[str] = None) -> str:
+    """A {"type": ..., keys} spec of a registry (noise, kernels): a known type and only the keys its factory
+    takes (types registered by files under data/ and models/ included)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{name}{where}: expected a JSON object with a 'type', got {json.dumps(spec)}")
+    kind = _spec_type(spec, name, registry.names(), where, default=default)
+    allowed = registry.options(kind)
+    if allowed is not None:
+        _check_keys(spec, name, ["type"] + sorted(allowed), where)
+    return kind
 
 
 def _check_protocol(entry: Any, name: str, where: str, named: bool) -> None:
