@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.operators import Blur, blur_pair, check_blur_inputs
+from utils.operators import Blur, blur_pair, check_blur_inputs, crop_extended
 
 
 class _TrainingFree(nn.Module):
@@ -35,7 +35,8 @@ class _TrainingFree(nn.Module):
 
 class Eq22Init(_TrainingFree):
     """x = F⁻¹[conj(K) F(ỹ) / (|K|² + reg (|Gx|² + |Gy|²))] on the replicate-padded, edge-tapered y
-    (boundary 'zeros', as NRL-GDN starts) or on y itself taken as periodic (boundary 'circular')."""
+    (boundary 'zeros', as NRL-GDN starts; 'valid': the same solve, not cropped until the end) or on y itself
+    taken as periodic (boundary 'circular')."""
 
     def __init__(self, reg: float = 0.002, n_tapers: int = 3, boundary: str = "zeros"):
         super().__init__()
@@ -43,7 +44,8 @@ class Eq22Init(_TrainingFree):
         blur_pair(boundary)  # one-line error for a boundary without an Eq. (22) solve
 
     def restore(self, y, k):
-        return Blur(k, self.boundary).eq22_solve(y, reg=self.reg, n_tapers=self.n_tapers)
+        x = Blur(k, self.boundary).eq22_solve(y, reg=self.reg, n_tapers=self.n_tapers)
+        return crop_extended(x, k) if self.boundary == "valid" else x   # 'valid' solves on the extended grid
 
 
 class _PerChannelNumpy(_TrainingFree):

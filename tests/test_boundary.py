@@ -162,3 +162,11 @@ def test_tiling_runs_a_variants_own_update_and_tiles_its_blocks(boundary):
         out = tiled(net, tile=96)(y, k)
     assert max(seen) <= (96, 96) < max(whole_calls)          # the variant's own block ran tile by tile
     assert (out - whole).abs().max() < 1e-4
+
+
+def test_eq22_baseline_with_the_valid_boundary_returns_the_image_of_the_zeros_solve():
+    """Both replicate-pad and edge-taper y onto the extended grid and solve there; 'valid' crops at the end."""
+    y, k = _noisy(blur(_set12("02", 64), _kernel(1), "symmetric"), 2.55), _kernel(1)
+    valid, zeros = build_model("eq22_init", boundary="valid")(y, k), build_model("eq22_init", boundary="zeros")(y, k)
+    assert valid.shape == y.shape
+    torch.testing.assert_close(valid, zeros, atol=1e-6, rtol=0)
