@@ -2,7 +2,8 @@
 repository beside which there is no ../shared (`clone`): reproduce a paper table from a published
 checkpoint, add an unrolled variant in a new file, train then evaluate what was trained, restore one's
 own photo. Commands run as subprocesses of `python deblurring.py`, so the copy's own models/ folder is
-the one discovered. (The Python API journey: tests/test_readme.py runs the README's Python blocks.)"""
+the one discovered. (The Python API journey: tests/test_readme.py runs the README's Python blocks.) The
+text and blocks are read from README.md and docs/*.md through tests/docblocks.py, wherever they live."""
 import json
 import os
 import re
@@ -18,9 +19,10 @@ from PIL import Image
 
 import deblurring
 from models.checkpoint import load_checkpoint
+from tests import docblocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+DOCS = docblocks.text()          # README.md and docs/*.md
 CLONED = ("configs", "data", "engine", "models", "utils", "test_dataset", "deblurring.py")
 TINY = {"num_steps": 2, "r_channels": [4, 6, 8, 10], "r_blocks": 1, "hd_channels": 4}
 QUICK_EVAL = ["test_dataset.max_images=1", "test_dataset.kernel_indices=[0]"]
@@ -31,10 +33,9 @@ QUICK_TRAIN = ["train_options.total_iters=3", "train_options.max_steps_per_epoch
                "val_dataset.patch_size=32"]
 
 
-@pytest.fixture
-def clone(tmp_path):
-    """What a fresh clone holds (code, configs, shipped test data, our shipped checkpoint), nothing else."""
-    root = tmp_path / "clone"
+def make_clone(root):
+    """Copy into `root` what a fresh clone holds (code, configs, shipped test data, our shipped checkpoints),
+    nothing else; no ../shared beside it."""
     ignore = shutil.ignore_patterns("__pycache__", "real blurred image*")
     for name in CLONED:
         source = os.path.join(ROOT, name)
@@ -43,8 +44,14 @@ def clone(tmp_path):
     (root / "pretrainedmodels").mkdir()
     for weights in ("compact_nrlgdn.pth", "compact_nrlgdn_stage5.pth"):     # the default and the real-photo model
         shutil.copyfile(os.path.join(ROOT, "pretrainedmodels", weights), root / "pretrainedmodels" / weights)
-    assert not (tmp_path / "shared").exists()
+    assert not (root.parent / "shared").exists()
     return root
+
+
+@pytest.fixture
+def clone(tmp_path):
+    """What a fresh clone holds (code, configs, shipped test data, our shipped checkpoint), nothing else."""
+    return make_clone(tmp_path / "clone")
 
 
 def run(clone, *args, timeout=600):
@@ -75,7 +82,7 @@ def table_columns(out: str, protocol: str) -> list:
 # 1. Reproduce a paper table from the published checkpoints --------------------------------------------
 def test_paper_command_names_the_missing_checkpoint_then_reaches_evaluation(clone):
     row = re.search(r"^\| `pretrainedmodels/NRL_GDN\.pth` \| `NRL_GDN` \| `python deblurring\.py (.*?)` \|$",
-                    README, re.M)
+                    DOCS, re.M)
     args = shlex.split(row.group(1))
     assert args == ["--train_config", "configs/paper_nrlgdn.json", "--test_config", "configs/paper_set12_table4.json"]
     missing = run(clone, *args)
@@ -165,9 +172,10 @@ def test_load_model_gives_published_sr_files_their_scale_and_conventions(tmp_pat
 
 # 3. Add a new unrolled variant ---------------------------------------------------------------------------
 def variant_source() -> str:
-    match = re.search(r"saved as `models/step_size_gdn\.py`, is the whole variant.*?```python\n(.*?)```", README, re.S)
-    assert match, "README: the variant block under 'A new unrolled variant'"
-    return match.group(1)
+    """The variant file the docs show (saved as `models/step_size_gdn.py`)."""
+    [block] = docblocks.run_by("tests/test_journeys.py::test_variant_in_a_new_file_trains_and_evaluates_by_name")
+    assert "saved as `models/step_size_gdn.py`, is the whole variant" in docblocks.read(block.file)
+    return block.code
 
 
 def test_variant_in_a_new_file_trains_and_evaluates_by_name(clone):
@@ -226,12 +234,12 @@ def test_discovery_imports_registering_files_only_in_name_order(tmp_path, monkey
 
 
 def _step_size_class(monkeypatch):
-    """The README's variant class, defined without registering it."""
+    """The variant class the docs show, defined without registering it."""
     import models.registry
 
     monkeypatch.setattr(models.registry, "register_model", lambda name, target: None)
     namespace = {}
-    exec(compile(variant_source(), "README.md (step_size_gdn.py)", "exec"), namespace)
+    exec(compile(variant_source(), "docs (step_size_gdn.py)", "exec"), namespace)
     return namespace["StepSizeGDN"]
 
 
@@ -310,7 +318,9 @@ def test_test_configs_hold_only_the_test_section_or_say_so(tmp_path, capsys):
 
 
 def test_own_photo_is_one_command(clone, monkeypatch, capsys):
-    assert "python deblurring.py --input photo.png --kernel kernel.png" in README
+    [block] = docblocks.run_by("tests/test_journeys.py::test_own_photo_is_one_command")
+    [command] = docblocks.commands(block.code)
+    assert command == ["python", "deblurring.py", "--input", "photo.png", "--kernel", "kernel.png"]
     from data.degrade import blur
     from data.images import read_image
     from data.kernels import load_kernels
@@ -321,7 +331,7 @@ def test_own_photo_is_one_command(clone, monkeypatch, capsys):
     save_image(clone / "photo.png", blur(sharp, kernel[None, None], mode="replicate")[0].clamp(0, 1))
     save_image(clone / "kernel.png", kernel[None] / kernel.max())
     monkeypatch.chdir(clone)
-    assert deblurring.main(["--input", "photo.png", "--kernel", "kernel.png"]) == 0
+    assert deblurring.main(command[2:]) == 0
     captured = capsys.readouterr()
     assert "note: real blur is not periodic: using model.options.boundary=zeros" in captured.err
     assert "note: using pretrainedmodels/compact_nrlgdn_stage5.pth, our checkpoint trained with the zero-padded" \
@@ -342,12 +352,12 @@ def test_own_photo_is_one_command(clone, monkeypatch, capsys):
     assert np.abs(restored - truth).mean() < 0.8 * np.abs(blurred - truth).mean()      # closer to the sharp photo
 
 
-def test_help_names_readme_sections_that_exist(capsys):
+def test_help_names_doc_sections_that_exist(capsys):
     with pytest.raises(SystemExit):
         deblurring.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     named = re.findall(r"section '(.*?)'", text)
-    headings = {" ".join(h.split()) for h in re.findall(r"^#{2,4} (.*)$", README, re.M)}
+    headings = {" ".join(h.split()) for h in docblocks.headings()}
     assert len(named) == 3 and not [n for n in named if n not in headings], (named, sorted(headings))
     assert "--input PHOTO" in text and "--kernel KERNEL" in text
 

@@ -1,6 +1,7 @@
-"""README promises, walked from a clean clone (no ../shared): the commands, snippets and the extension
-recipe the README shows run and do what it says. Snippets are read from README.md, so a README edit
-that breaks them breaks these tests."""
+"""What README.md and docs/*.md promise, walked from a clean clone (no ../shared): the commands, snippets
+and the extension recipe they show run and do what they say. Blocks are read through tests/docblocks.py
+(`run_by`: the blocks annotated with a test's name), phrases from the text of README.md + docs/*.md, so a
+doc edit that breaks them breaks these tests; tests/test_docs.py runs every block no test here runs."""
 import csv
 import hashlib
 import json
@@ -17,11 +18,13 @@ from PIL import Image
 
 import deblurring
 from engine.checkpoint import read_checkpoint
+from tests import docblocks
 from tests.test_engine_train import make_tiny_data, tiny_train_config
 from tests.test_journeys import clone  # noqa: F401 (fixture: a fresh clone's files, no ../shared beside them)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+README = docblocks.read("README.md")
+DOCS = docblocks.text()          # README.md and docs/*.md, wherever a section now lives
 SHIPPED = os.path.join(ROOT, "pretrainedmodels", "compact_nrlgdn.pth")
 QUICK_EVAL = ["test_dataset.max_images=1", "test_dataset.kernel_indices=[0]"]   # 1 image × 1 kernel
 QUICK_TRAIN = ["train_dataset.patch_size=32", "train_dataset.batch_size=2", "train_dataset.num_workers=0",
@@ -37,11 +40,10 @@ def _sha256(path):
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def _readme_code(heading):
-    """The first ```python block after a README heading."""
-    match = re.search(r"^" + re.escape(heading) + r"\n.*?```python\n(.*?)```", README, re.S | re.M)
-    assert match, f"README has no python block under '{heading}'"
-    return match.group(1)
+def _code(test, language="python"):
+    """The one block of `language` annotated <!-- test: `test` --> (README.md or docs/*.md)."""
+    [block] = docblocks.run_by(test, language)
+    return block.code
 
 
 def _printed_tables(out):
@@ -69,7 +71,10 @@ def _cell(table, row, model):
 
 # 1 -------------------------------------------------------------------------------------------------
 def test_main_job_bare_command_evaluates_compact_checkpoint_with_baselines(tmp_path, capsys):
-    assert re.search(r"&& python deblurring\.py\s+# main job", README)
+    block = _code("tests/test_readme.py::test_main_job_bare_command_evaluates_compact_checkpoint_with_baselines",
+                  "bash")
+    assert block == re.search(r"```bash\n(.*?)```", README, re.S).group(1)      # the README's first block
+    assert re.search(r"&& python deblurring\.py\s+# main job", block.splitlines()[0])
     shipped_before = _sha256(SHIPPED)
     results = tmp_path / "results"
     assert deblurring.main(_sets(QUICK_EVAL + [f"test_dataset.result_save_file={results}"])) == 0
@@ -113,7 +118,7 @@ def test_main_job_bare_command_evaluates_compact_checkpoint_with_baselines(tmp_p
 
 # 2 -------------------------------------------------------------------------------------------------
 def test_baselines_only_needs_no_checkpoint(tmp_path, capsys):
-    assert "python deblurring.py --set test_dataset.baselines_only=true" in README
+    assert "python deblurring.py --set test_dataset.baselines_only=true" in DOCS
     args = QUICK_EVAL + ["test_dataset.baselines_only=true", f"test_dataset.result_save_file={tmp_path / 'r'}",
                          f"model.pretrained={tmp_path / 'absent.pth'}", f"model.model_save_file={tmp_path / 'none'}"]
     assert deblurring.main(_sets(args)) == 0
@@ -130,7 +135,7 @@ def test_baselines_only_needs_no_checkpoint(tmp_path, capsys):
 # 3 -------------------------------------------------------------------------------------------------
 def test_train_command_exports_beside_never_over_the_shipped_checkpoint(tmp_path, capsys):
     assert re.search(r"python deblurring\.py --set train_dataset\.is_train=true\s+# train with "
-                     r"configs/traincolor\.json", README)
+                     r"configs/traincolor\.json", DOCS)
     shipped_before = _sha256(SHIPPED)
     weights = tmp_path / "pretrainedmodels"                  # a copy of the shipped folder's checkpoint
     weights.mkdir()
@@ -185,9 +190,9 @@ def registry_cleanup():
 
 
 def test_extension_recipe_new_model_and_loss_train_and_evaluate(tmp_path, monkeypatch, capsys, registry_cleanup):
-    assert 'register_model("MyNet", "models.my_net:MyNet")' in README
+    assert 'register_model("MyNet", "models.my_net:MyNet")' in DOCS
     assert re.search(r"with `input_keys` and\s+`default_loss` class attributes \(.*?\); a new loss "
-                     r"`register_loss\(\"my_loss\", factory\)`", README, re.S)
+                     r"`register_loss\(\"my_loss\", factory\)`", DOCS, re.S)
     from engine.evaluate import evaluate
     from engine.train import train
     from models import register_model
@@ -234,7 +239,7 @@ def test_extension_recipe_new_model_and_loss_train_and_evaluate(tmp_path, monkey
 
 # 5 -------------------------------------------------------------------------------------------------
 def test_from_python_snippet_evaluates_and_trains(tmp_path, monkeypatch, capsys):
-    code = _readme_code("### From Python")
+    code = _code("tests/test_readme.py::test_from_python_snippet_evaluates_and_trains")
     import utils.config
 
     real_load = utils.config.load_config
@@ -254,7 +259,7 @@ def test_from_python_snippet_evaluates_and_trains(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(utils.config, "load_config", load_quickly)
     monkeypatch.chdir(ROOT)                                   # the snippet's paths are relative to the checkout
     namespace = {}
-    exec(compile(code, "README.md (From Python)", "exec"), namespace)
+    exec(compile(code, "docs (From Python)", "exec"), namespace)
     [(overrides, cfg)] = loaded
     iters = cfg["train_options"]["total_iters"]
     assert "test_dataset.max_images=1" in overrides
@@ -278,7 +283,7 @@ def test_from_python_snippet_evaluates_and_trains(tmp_path, monkeypatch, capsys)
 
 # 6 -------------------------------------------------------------------------------------------------
 def test_double_slash_keys_are_ignored_in_config_files(tmp_path):
-    assert 'keys\nstarting with `//` are ignored, so `"//": "note"` can document a config file' in README
+    assert 'keys\nstarting with `//` are ignored, so `"//": "note"` can document a config file' in DOCS
     from utils.config import ConfigError, load_config
 
     train = tmp_path / "train.json"
@@ -304,8 +309,8 @@ def test_double_slash_keys_are_ignored_in_config_files(tmp_path):
 def test_flags_and_specs_are_one_language(tmp_path):
     assert "`utils/config_normalise.py` translates the flags into those specs (a given spec wins) and the\n" \
            "engine reads only the specs. A run's `config.json` holds the translated specs, so it reloads as it ran." \
-           in README
-    assert "also inside the nested\ndegradation, noise, kernel and protocol specs" in README
+           in DOCS
+    assert "also inside the nested\ndegradation, noise, kernel and protocol specs" in DOCS
     from utils.config import ConfigError, from_dict, load_config, public
 
     cfg = load_config(None, None, ["test_dataset.test_noise_level=[2.55, 7.65]"])
@@ -323,7 +328,8 @@ def test_flags_and_specs_are_one_language(tmp_path):
 # 7 -------------------------------------------------------------------------------------------------
 def test_python_api_block_runs_as_written_in_a_fresh_clone(clone):
     """The block as a user pastes it into `python` at the root of a fresh clone (no ../shared)."""
-    code = _readme_code("## Python API")
+    code = _code("tests/test_readme.py::test_python_api_block_runs_as_written_in_a_fresh_clone")
+    assert code in README
     assert 'load_model("pretrainedmodels/compact_nrlgdn.pth")' in code
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
@@ -334,30 +340,13 @@ def test_python_api_block_runs_as_written_in_a_fresh_clone(clone):
     assert 20 < before < 23 and after > before + 5          # Set12 01 × Levin kernel 0, σ = 0.01
 
 
-def test_every_python_block_of_the_readme_is_run_by_a_test():
-    """Each ```python block, by the heading it sits under, and the test that executes it."""
-    from tests import test_journeys
-
-    runners = {"## Python API": test_python_api_block_runs_as_written_in_a_fresh_clone,
-               "### A new unrolled variant": test_journeys.test_variant_in_a_new_file_trains_and_evaluates_by_name,
-               "### From Python": test_from_python_snippet_evaluates_and_trains,
-               "## Fast mode and large photos": test_fast_mode_snippet_and_large_photo_command}
-    headings, heading = [], None
-    for line in README.splitlines():
-        if re.match(r"#{2,4} ", line):
-            heading = line
-        elif line.startswith("```python"):
-            headings.append(heading)
-    assert sorted(headings) == sorted(runners), headings
-    assert "variant_source()" in open(test_journeys.__file__, encoding="utf-8").read()
-
-
 def test_readme_test_command_is_exactly_what_ci_runs():
     """The second command at the top of the README is the last line of .ci/run; both pin CI's torch through
     .ci/constraints.txt, while requirements.txt lets users keep any torch the checkpoint reader accepts."""
     from models.checkpoint import SAFE_TORCH
 
-    block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    block = _code("tests/test_readme.py::test_readme_test_command_is_exactly_what_ci_runs", "bash").splitlines()
+    assert "\n".join(README.splitlines()[2:6]) == "```bash\n" + "\n".join(block) + "\n```"   # README's first lines
     readme_test = block[1].split("#")[0].strip()
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().strip().splitlines()
     assert ci[-1] == readme_test == ("python -m pip install -q -r requirements.txt -c .ci/constraints.txt && "
@@ -378,7 +367,7 @@ def test_dnd_submission_command_line(tmp_path):
     from models import build_model
     from tests.test_dnd import make_dnd
 
-    assert "python tools/dnd_submission.py --dnd <DND folder> --out results/dnd --set model.pretrained=" in README
+    assert "python tools/dnd_submission.py --dnd <DND folder> --out results/dnd --set model.pretrained=" in DOCS
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def run(*args):
@@ -409,9 +398,9 @@ def test_dnd_submission_command_line(tmp_path):
 
 
 def test_real_photo_command_with_the_published_boundary(tmp_path, capsys):
-    """README: `--test_config configs/test_real.json --set model.options.boundary=zeros` restores the photos
+    """docs/configuration.md: `--test_config configs/test_real.json --set model.options.boundary=zeros` restores the photos
     in `test_dataset/real blurred image29/` with the compact model (here: one photo in a tmp copy)."""
-    assert "--test_config configs/test_real.json \\\n    --set model.options.boundary=zeros" in README
+    assert "--test_config configs/test_real.json \\\n    --set model.options.boundary=zeros" in DOCS
     rng = np.random.default_rng(0)
     photos, kernels = tmp_path / "real blurred image29", tmp_path / "kernels"
     from utils.io import save_image
@@ -420,7 +409,7 @@ def test_real_photo_command_with_the_published_boundary(tmp_path, capsys):
     k = np.zeros((7, 7))
     k[3, :] = 1.0
     save_image(str(kernels / "photo.png"), torch.from_numpy(k)[None].float())
-    assert "--set model.options.boundary=zeros \\\n    --set model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth" in README
+    assert "--set model.options.boundary=zeros \\\n    --set model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth" in DOCS
     args = ["--test_config", "configs/test_real.json", "--set", "model.options.boundary=zeros",
             "--set", "model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth",
             "--set", f"test_dataset.root_path={tmp_path}", "--set", f"test_dataset.kernel_path={kernels}",
@@ -433,33 +422,33 @@ def test_real_photo_command_with_the_published_boundary(tmp_path, capsys):
 
 
 def test_gpu_promises_name_the_configs_and_tests_that_keep_them():
-    """README "Training on GPUs": the paper config turns grad_checkpointing on and validates / saves every
+    """docs/training.md "Training on GPUs": the paper config turns grad_checkpointing on and validates / saves every
     2,000 / 1,000 steps; no GPU run exists; the tests named there exist (they walk the rest)."""
     from utils.config import load_config
 
-    assert "no GPU run of ours exists yet" in README and "No GPU run of ours exists yet" in README
-    assert "so\n  `configs/paper_nrlgdn.json` turns it on" in README
+    assert "no GPU run of ours exists yet" in DOCS and "No GPU run of ours exists yet" in DOCS
+    assert "so\n  `configs/paper_nrlgdn.json` turns it on" in DOCS
     paper = load_config(os.path.join(ROOT, "configs", "paper_nrlgdn.json"), None)
     assert paper["model"]["grad_checkpointing"] is True
     assert (paper["train_options"]["val_every_steps"], paper["train_options"]["save_every_steps"]) == (2000, 1000)
-    assert "validation / `last.pth` every 2,000 / 1,000 steps" in README
+    assert "validation / `last.pth` every 2,000 / 1,000 steps" in DOCS
     for name in ("tests/test_gpu_ready.py", "tests/test_device.py", "tests/test_ddp.py"):
-        assert f"`{name}`" in README and os.path.isfile(os.path.join(ROOT, name))
+        assert f"`{name}`" in DOCS and os.path.isfile(os.path.join(ROOT, name))
 
 
 def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
-    """README "Fast mode and large photos": the snippet (bf16, tiles) and the command (tile_size, precision
+    """docs/performance.md "Fast mode and large photos" and docs/photos.md "Large photos": the snippet (bf16, tiles) and the command (tile_size, precision
     auto) give the whole-image fp32 result; tiles of 160 instead of 512 so that a small image is tiled."""
     from tests.test_precision import compact, set12_crop
     from utils.io import save_image
     from utils.metrics import psnr
 
-    code = _readme_code("## Fast mode and large photos")
+    code = _code("tests/test_readme.py::test_fast_mode_snippet_and_large_photo_command")
     assert "x = tiled(fast, tile=512)(y, k)" in code
     _, y, k = set12_crop("08", kernel=4, size=200)
     net = compact()
     namespace = {"net": net, "y": y, "k": k}
-    exec(compile(code.replace("tile=512", "tile=160"), "README.md (Fast mode)", "exec"), namespace)
+    exec(compile(code.replace("tile=512", "tile=160"), "docs (Fast mode)", "exec"), namespace)
     with torch.no_grad():
         reference = net(y, k)
     x = namespace["x"]
@@ -468,7 +457,7 @@ def test_fast_mode_snippet_and_large_photo_command(tmp_path, capsys):
     command = ("--test_config configs/test_real.json --set model.options.boundary=zeros \\\n"
                "    --set model.pretrained=pretrainedmodels/compact_nrlgdn_stage5.pth \\\n"
                "    --set test_dataset.tile_size=512 --set test_dataset.precision=auto")
-    assert command in README
+    assert command in _code("tests/test_readme.py::test_fast_mode_snippet_and_large_photo_command", "bash")
     photos, kernels = tmp_path / "real blurred image29", tmp_path / "kernels"
     save_image(str(photos / "photo.png"), y[0, :, :180])
     save_image(str(kernels / "photo.png"), (k / k.max())[0].float())
