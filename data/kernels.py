@@ -380,11 +380,6 @@ def register_kernel_sampler(name: str, factory) -> None:
     KERNEL_SAMPLERS.register(name, factory)
 
 
-def sampler_spec_keys(kind: str):
-    """The keys a kernels spec of type `kind` may hold besides 'type' (None: any)."""
-    return KERNEL_SAMPLERS.options(kind)
-
-
 def build_kernel_sampler(spec) -> Sampler:
     """Sampler from a config section: {"type": <a registered type, default "random">, ...}; a plain string
     is a kernel file path (type "file")."""

@@ -292,11 +292,6 @@ def register_noise(name: str, factory) -> None:
     NOISE.register(name, factory)
 
 
-def noise_spec_keys(kind: str):
-    """The keys a spec of type `kind` may hold besides 'type' (None: any)."""
-    return NOISE.options(kind)
-
-
 def build_noise(spec, where: str = "noise") -> Noise:
     """Noise object from a config dict (see module doc); a Noise passes through, a number is AWGN σ."""
     if isinstance(spec, Noise):

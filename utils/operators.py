@@ -277,11 +277,6 @@ def conv_valid_adjoint(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return conv_circular_adjoint(F.pad(y, kernel_padding(*k.shape[-2:])), k)
 
 
-def extended_size(h: int, w: int, k: torch.Tensor):
-    """(H+h−1, W+w−1): the grid an H×W valid blur with kernel k comes from."""
-    return h + k.shape[-2] - 1, w + k.shape[-1] - 1
-
-
 def crop_extended(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The H×W centre of an extended (H+h−1)×(W+w−1) image: the pixels a valid blur's output sits on."""
     left, right, top, bottom = kernel_padding(*k.shape[-2:])
@@ -289,7 +284,7 @@ def crop_extended(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def periodic_extend(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """x on the extended grid of `extended_size`, wrapped around: valid(periodic_extend(x)) = circular(x)."""
+    """x on the extended (H+h−1)×(W+w−1) grid, wrapped around: valid(periodic_extend(x)) = circular(x)."""
     return F.pad(x, kernel_padding(*k.shape[-2:]), mode="circular")
 
 
